@@ -1,0 +1,180 @@
+//! An in-process bus that keeps every delivery in SQLite until its target has
+//! handled it, so a restart loses nothing. Envelopes are sealed at rest: a
+//! `devops.request` for putSecret carries the secret value.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rusqlite::params;
+use tokio::sync::{broadcast, Notify};
+
+use super::{EventBus, Routes};
+use crate::backends::sqlite::{now_millis, Database};
+use crate::backends::BackendError;
+use crate::domain::events::Envelope;
+use crate::domain::secret::{Sealed, Sealer};
+
+pub struct EmbeddedBus {
+    db: Database,
+    sealer: Sealer,
+    routes: OnceLock<Routes>,
+    wake: Notify,
+    published: broadcast::Sender<Envelope>,
+}
+
+impl EmbeddedBus {
+    pub fn new(db: Database, sealer: Sealer) -> Arc<Self> {
+        Arc::new(Self {
+            db,
+            sealer,
+            routes: OnceLock::new(),
+            wake: Notify::new(),
+            published: broadcast::channel(1024).0,
+        })
+    }
+
+    /// Handlers depend on the bus (they publish), so routes are attached after construction.
+    pub fn attach(&self, routes: Routes) {
+        if self.routes.set(routes).is_err() {
+            tracing::warn!("bus routes attached twice; keeping the first");
+        }
+    }
+
+    /// Every envelope published from now on, for observers such as tests.
+    pub fn subscribe(&self) -> broadcast::Receiver<Envelope> {
+        self.published.subscribe()
+    }
+
+    /// Delivers queued events until `shutdown` resolves.
+    pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            let delivered = self.deliver_due().await;
+            if delivered == 0 {
+                tokio::select! {
+                    _ = &mut shutdown => return,
+                    _ = self.wake.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
+            }
+        }
+    }
+
+    async fn deliver_due(&self) -> usize {
+        let Some(routes) = self.routes.get() else {
+            return 0;
+        };
+        let due = match self.due() {
+            Ok(due) => due,
+            Err(error) => {
+                tracing::error!(%error, "bus: reading deliveries failed");
+                return 0;
+            }
+        };
+        let count = due.len();
+        for (seq, target, sealed, attempts) in due {
+            let outcome = match self.open(&sealed) {
+                Ok(event) => match routes.handler(&target) {
+                    Some(handler) => handler.handle(&event).await,
+                    None => Err(BackendError::Refused(format!("no handler named {target}"))),
+                },
+                Err(error) => Err(error),
+            };
+            if let Err(error) = self.settle(seq, attempts, outcome) {
+                tracing::error!(%error, "bus: recording a delivery failed");
+            }
+        }
+        count
+    }
+
+    fn due(&self) -> Result<Vec<(i64, String, Sealed, u32)>, BackendError> {
+        let conn = self.db.lock();
+        let mut statement = conn.prepare(
+            "SELECT seq, target, sealed_envelope, attempts FROM bus_deliveries
+             WHERE dead = 0 AND next_at <= ?1 ORDER BY seq LIMIT 100",
+        )?;
+        let rows = statement
+            .query_map([now_millis()], |row| {
+                Ok((
+                    row.get(0)?,
+                    row.get(1)?,
+                    Sealed::from_stored(row.get(2)?),
+                    row.get(3)?,
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    fn open(&self, sealed: &Sealed) -> Result<Envelope, BackendError> {
+        let bytes = self
+            .sealer
+            .open(sealed)
+            .map_err(|error| BackendError::Refused(error.to_string()))?;
+        Ok(serde_json::from_slice(&bytes)?)
+    }
+
+    fn settle(
+        &self,
+        seq: i64,
+        attempts: u32,
+        outcome: Result<(), BackendError>,
+    ) -> Result<(), BackendError> {
+        let conn = self.db.lock();
+        match outcome {
+            Ok(()) => {
+                conn.execute("DELETE FROM bus_deliveries WHERE seq = ?1", [seq])?;
+            }
+            Err(BackendError::Unavailable(error)) => {
+                let backoff = 250i64.saturating_mul(1 << attempts.min(8));
+                tracing::warn!(%error, attempts, "bus: delivery failed, will retry");
+                conn.execute(
+                    "UPDATE bus_deliveries SET attempts = attempts + 1, next_at = ?1, last_error = ?2 WHERE seq = ?3",
+                    params![now_millis() + backoff, error, seq],
+                )?;
+            }
+            Err(error) => {
+                tracing::error!(%error, "bus: delivery cannot succeed, kept as dead letter");
+                conn.execute(
+                    "UPDATE bus_deliveries SET dead = 1, last_error = ?1 WHERE seq = ?2",
+                    params![error.to_string(), seq],
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl EventBus for EmbeddedBus {
+    async fn publish(&self, event: &Envelope) -> Result<(), BackendError> {
+        let targets = self
+            .routes
+            .get()
+            .map(|routes| routes.targets_for(event))
+            .unwrap_or_default();
+        let sealed = self.sealer.seal(&serde_json::to_vec(event)?);
+        {
+            let mut conn = self.db.lock();
+            let tx = conn.transaction()?;
+            for target in &targets {
+                tx.execute(
+                    "INSERT INTO bus_deliveries (target, sealed_envelope, next_at) VALUES (?1, ?2, ?3)",
+                    params![target, sealed.as_stored(), now_millis()],
+                )?;
+            }
+            tx.commit()?;
+        }
+        tracing::info!(detail_type = %event.detail_type, source = %event.source, id = %event.id, targets = targets.len(), "event published");
+        // Nobody listening is normal outside tests.
+        let _ = self.published.send(event.clone());
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), BackendError> {
+        self.db.lock().query_row("SELECT 1", [], |_| Ok(()))?;
+        Ok(())
+    }
+}

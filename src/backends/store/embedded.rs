@@ -1,0 +1,288 @@
+//! The store on SQLite. Conditional writes are `UPDATE … WHERE version = ?`
+//! inside a transaction that also appends the effects.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use rusqlite::{params, OptionalExtension, Transaction};
+
+use super::{Effect, QueuedEffect, Store, ThreadRef};
+use crate::backends::sqlite::{now_millis, Database};
+use crate::backends::BackendError;
+use crate::domain::names::RequestId;
+use crate::domain::request::{Request, Status};
+
+pub struct SqliteStore {
+    db: Database,
+}
+
+impl SqliteStore {
+    pub fn new(db: Database) -> Self {
+        Self { db }
+    }
+}
+
+fn append_effects(tx: &Transaction<'_>, effects: &[Effect]) -> Result<(), BackendError> {
+    let now = now_millis();
+    for effect in effects {
+        tx.execute(
+            "INSERT INTO outbox (lane, payload, next_at) VALUES (?1, ?2, ?3)",
+            params![effect.lane(), serde_json::to_string(effect)?, now],
+        )?;
+    }
+    Ok(())
+}
+
+fn decode_requests(rows: Vec<String>) -> Result<Vec<Request>, BackendError> {
+    rows.iter()
+        .map(|body| serde_json::from_str(body).map_err(BackendError::from))
+        .collect()
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create_request(
+        &self,
+        request: &Request,
+        effects: &[Effect],
+    ) -> Result<(), BackendError> {
+        let mut conn = self.db.lock();
+        let tx = conn.transaction()?;
+        let inserted = tx.execute(
+            "INSERT OR IGNORE INTO requests (id, requester, status, created_at, version, body)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                request.id.to_string(),
+                request.requester.identity(),
+                request.status.as_str(),
+                request.created_at.to_rfc3339(),
+                request.version as i64,
+                serde_json::to_string(request)?
+            ],
+        )?;
+        if inserted == 0 {
+            return Err(BackendError::Refused(format!(
+                "request {} already exists",
+                request.id
+            )));
+        }
+        append_effects(&tx, effects)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    async fn request(&self, id: &RequestId) -> Result<Option<Request>, BackendError> {
+        let conn = self.db.lock();
+        let body: Option<String> = conn
+            .query_row(
+                "SELECT body FROM requests WHERE id = ?1",
+                [id.to_string()],
+                |row| row.get(0),
+            )
+            .optional()?;
+        body.map(|body| serde_json::from_str(&body).map_err(BackendError::from))
+            .transpose()
+    }
+
+    async fn update_request(
+        &self,
+        request: &Request,
+        effects: &[Effect],
+    ) -> Result<bool, BackendError> {
+        let mut stored = request.clone();
+        stored.version = request.version + 1;
+        let mut conn = self.db.lock();
+        let tx = conn.transaction()?;
+        let updated = tx.execute(
+            "UPDATE requests SET status = ?1, version = ?2, body = ?3 WHERE id = ?4 AND version = ?5",
+            params![
+                stored.status.as_str(),
+                stored.version as i64,
+                serde_json::to_string(&stored)?,
+                request.id.to_string(),
+                request.version as i64
+            ],
+        )?;
+        if updated == 0 {
+            return Ok(false);
+        }
+        append_effects(&tx, effects)?;
+        tx.commit()?;
+        Ok(true)
+    }
+
+    async fn requests_by(
+        &self,
+        identity: &str,
+        limit: usize,
+    ) -> Result<Vec<Request>, BackendError> {
+        let conn = self.db.lock();
+        let mut statement = conn.prepare(
+            "SELECT body FROM requests WHERE requester = ?1 ORDER BY created_at DESC LIMIT ?2",
+        )?;
+        let rows = statement
+            .query_map(params![identity, limit as i64], |row| row.get(0))?
+            .collect::<Result<Vec<String>, _>>()?;
+        decode_requests(rows)
+    }
+
+    async fn pending_requests(&self) -> Result<Vec<Request>, BackendError> {
+        let conn = self.db.lock();
+        let mut statement =
+            conn.prepare("SELECT body FROM requests WHERE status = ?1 ORDER BY created_at")?;
+        let rows = statement
+            .query_map([Status::Pending.as_str()], |row| row.get(0))?
+            .collect::<Result<Vec<String>, _>>()?;
+        decode_requests(rows)
+    }
+
+    async fn set_thread(&self, id: &RequestId, thread: &ThreadRef) -> Result<(), BackendError> {
+        self.db.lock().execute(
+            "INSERT OR REPLACE INTO threads (request_id, platform, channel, ts) VALUES (?1, ?2, ?3, ?4)",
+            params![id.to_string(), thread.platform, thread.channel, thread.ts],
+        )?;
+        Ok(())
+    }
+
+    async fn thread(&self, id: &RequestId) -> Result<Option<ThreadRef>, BackendError> {
+        let conn = self.db.lock();
+        Ok(conn
+            .query_row(
+                "SELECT platform, channel, ts FROM threads WHERE request_id = ?1",
+                [id.to_string()],
+                |row| {
+                    Ok(ThreadRef {
+                        platform: row.get(0)?,
+                        channel: row.get(1)?,
+                        ts: row.get(2)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    async fn claim_once(&self, key: &str, ttl: Duration) -> Result<bool, BackendError> {
+        let now = now_millis();
+        let expires_at = now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
+        let conn = self.db.lock();
+        conn.execute(
+            "DELETE FROM dedupe WHERE key = ?1 AND expires_at <= ?2",
+            params![key, now],
+        )?;
+        let inserted = conn.execute(
+            "INSERT OR IGNORE INTO dedupe (key, expires_at) VALUES (?1, ?2)",
+            params![key, expires_at],
+        )?;
+        Ok(inserted == 1)
+    }
+
+    async fn enqueue(&self, effects: &[Effect]) -> Result<(), BackendError> {
+        let mut conn = self.db.lock();
+        let tx = conn.transaction()?;
+        append_effects(&tx, effects)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    async fn due_effects(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<QueuedEffect>, BackendError> {
+        let conn = self.db.lock();
+        let mut statement = conn.prepare(
+            "SELECT seq, lane, payload, attempts, next_at FROM outbox WHERE dead = 0 ORDER BY seq",
+        )?;
+        let rows = statement.query_map([], |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, u32>(3)?,
+                row.get::<_, i64>(4)?,
+            ))
+        })?;
+        let mut seen_lanes = HashSet::new();
+        let mut due = Vec::new();
+        for row in rows {
+            let (seq, lane, payload, attempts, next_at) = row?;
+            // Only the oldest effect of a lane may run, and only when its time has come.
+            if !seen_lanes.insert(lane) || next_at > now.timestamp_millis() {
+                continue;
+            }
+            due.push(QueuedEffect {
+                seq,
+                effect: serde_json::from_str(&payload)?,
+                attempts,
+            });
+            if due.len() >= limit {
+                break;
+            }
+        }
+        Ok(due)
+    }
+
+    async fn next_effect_at(&self) -> Result<Option<DateTime<Utc>>, BackendError> {
+        let conn = self.db.lock();
+        let next: Option<i64> = conn.query_row(
+            "SELECT MIN(next_at) FROM outbox WHERE dead = 0",
+            [],
+            |row| row.get(0),
+        )?;
+        Ok(next.and_then(DateTime::from_timestamp_millis))
+    }
+
+    async fn effect_done(&self, seq: i64) -> Result<(), BackendError> {
+        self.db
+            .lock()
+            .execute("DELETE FROM outbox WHERE seq = ?1", [seq])?;
+        Ok(())
+    }
+
+    async fn effect_retry(
+        &self,
+        seq: i64,
+        at: DateTime<Utc>,
+        error: &str,
+    ) -> Result<(), BackendError> {
+        self.db.lock().execute(
+            "UPDATE outbox SET attempts = attempts + 1, next_at = ?1, last_error = ?2 WHERE seq = ?3",
+            params![at.timestamp_millis(), error, seq],
+        )?;
+        Ok(())
+    }
+
+    async fn effect_dead(&self, seq: i64, error: &str) -> Result<(), BackendError> {
+        self.db.lock().execute(
+            "UPDATE outbox SET dead = 1, attempts = attempts + 1, last_error = ?1 WHERE seq = ?2",
+            params![error, seq],
+        )?;
+        Ok(())
+    }
+
+    async fn outbox_depth(&self) -> Result<u64, BackendError> {
+        let conn = self.db.lock();
+        let depth: i64 =
+            conn.query_row("SELECT COUNT(*) FROM outbox WHERE dead = 0", [], |row| {
+                row.get(0)
+            })?;
+        Ok(depth.max(0) as u64)
+    }
+
+    async fn ping(&self) -> Result<(), BackendError> {
+        self.db.lock().query_row("SELECT 1", [], |_| Ok(()))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test]
+    async fn sqlite_store_honours_the_store_contract() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::backends::sqlite::Database::open(&dir.path().join("state.db")).unwrap();
+        super::super::contract::check(&super::SqliteStore::new(db)).await;
+    }
+}

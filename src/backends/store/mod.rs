@@ -1,0 +1,115 @@
+//! The bot's state: requests (with their audit trail), chat thread references,
+//! dedupe keys and the outbox of effects still to be carried out.
+
+pub mod embedded;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::BackendError;
+use crate::domain::names::RequestId;
+use crate::domain::request::Request;
+
+/// Something to do after a state change, written in the same atomic write as
+/// the change, so a crash can delay it but never lose or duplicate the decision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "effect", rename_all = "camelCase")]
+pub enum Effect {
+    /// Publish the approved request as `devops.request`.
+    Publish { request_id: RequestId },
+    /// Post the request's card in its channel (opening its thread).
+    PostCard { request_id: RequestId },
+    /// Re-render the card from the request's current state.
+    UpdateCard { request_id: RequestId },
+    /// Post `text` in the card's thread.
+    ThreadReply { request_id: RequestId, text: String },
+    /// Tell one person something only they see.
+    Ephemeral {
+        platform: String,
+        channel: String,
+        user: String,
+        text: String,
+    },
+}
+
+impl Effect {
+    /// Effects in the same lane run one at a time, in the order written:
+    /// a thread's card is posted before its replies, its replies stay in order.
+    pub fn lane(&self) -> String {
+        match self {
+            Effect::Publish { request_id } => format!("publish:{request_id}"),
+            Effect::PostCard { request_id }
+            | Effect::UpdateCard { request_id }
+            | Effect::ThreadReply { request_id, .. } => format!("thread:{request_id}"),
+            Effect::Ephemeral { channel, user, .. } => format!("user:{channel}:{user}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedEffect {
+    pub seq: i64,
+    pub effect: Effect,
+    pub attempts: u32,
+}
+
+/// The chat message that holds a request's card; replies go in its thread.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThreadRef {
+    pub platform: String,
+    pub channel: String,
+    pub ts: String,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// Stores a new request with its first effects; fails if the id exists.
+    async fn create_request(
+        &self,
+        request: &Request,
+        effects: &[Effect],
+    ) -> Result<(), BackendError>;
+    async fn request(&self, id: &RequestId) -> Result<Option<Request>, BackendError>;
+    /// Writes `request` only if the stored version is still `request.version`
+    /// (then stored as version + 1), together with `effects`. Returns false,
+    /// writing nothing, if another writer got there first.
+    async fn update_request(
+        &self,
+        request: &Request,
+        effects: &[Effect],
+    ) -> Result<bool, BackendError>;
+    /// The newest requests made by `identity` (e.g. `slack:U123`).
+    async fn requests_by(&self, identity: &str, limit: usize)
+        -> Result<Vec<Request>, BackendError>;
+    async fn pending_requests(&self) -> Result<Vec<Request>, BackendError>;
+    async fn set_thread(&self, id: &RequestId, thread: &ThreadRef) -> Result<(), BackendError>;
+    async fn thread(&self, id: &RequestId) -> Result<Option<ThreadRef>, BackendError>;
+    /// True for the first caller of `key` within `ttl`; false for every repeat.
+    async fn claim_once(&self, key: &str, ttl: Duration) -> Result<bool, BackendError>;
+    async fn enqueue(&self, effects: &[Effect]) -> Result<(), BackendError>;
+    /// The next effect of every lane whose turn has come.
+    async fn due_effects(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<QueuedEffect>, BackendError>;
+    /// When the next effect will be due, if any is waiting.
+    async fn next_effect_at(&self) -> Result<Option<DateTime<Utc>>, BackendError>;
+    async fn effect_done(&self, seq: i64) -> Result<(), BackendError>;
+    async fn effect_retry(
+        &self,
+        seq: i64,
+        at: DateTime<Utc>,
+        error: &str,
+    ) -> Result<(), BackendError>;
+    /// Gives up on an effect that can never succeed; it stays for operators to inspect.
+    async fn effect_dead(&self, seq: i64, error: &str) -> Result<(), BackendError>;
+    async fn outbox_depth(&self) -> Result<u64, BackendError>;
+    async fn ping(&self) -> Result<(), BackendError>;
+}
+
+#[cfg(test)]
+pub mod contract;

@@ -1,0 +1,250 @@
+//! Cards are data: Adaptive Card templates from `cards/` with `${…}` binding
+//! and `$when`. Teams renders the bound card as it is; the Slack adapter
+//! translates it to Block Kit. Editing a template needs no rebuild.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Map, Value};
+
+use crate::domain::events::rfc3339;
+use crate::domain::request::{Request, Status};
+
+/// Built-in copies, used when the cards directory has no such file.
+const BUILT_IN: &[(&str, &str)] = &[("request", include_str!("../cards/request.json"))];
+
+#[derive(Debug, Clone)]
+pub struct Cards {
+    dir: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CardError {
+    #[error("card template {0} is not valid JSON: {1}")]
+    Invalid(String, String),
+    #[error("no card template named {0}")]
+    Unknown(String),
+}
+
+impl Cards {
+    /// Checks every template now, so a broken edit stops start-up rather than a card.
+    pub fn load(dir: Option<&Path>) -> Result<Cards, CardError> {
+        let cards = Cards {
+            dir: dir.map(Path::to_path_buf),
+        };
+        for (name, _) in BUILT_IN {
+            cards.template(name)?;
+        }
+        Ok(cards)
+    }
+
+    fn template(&self, name: &str) -> Result<Value, CardError> {
+        let from_dir = self
+            .dir
+            .as_ref()
+            .map(|dir| dir.join(format!("{name}.json")))
+            .filter(|path| path.is_file());
+        let (origin, text) = match from_dir {
+            Some(path) => {
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| CardError::Invalid(path.display().to_string(), e.to_string()))?;
+                (path.display().to_string(), text)
+            }
+            None => {
+                let (_, text) = BUILT_IN
+                    .iter()
+                    .find(|(known, _)| *known == name)
+                    .ok_or_else(|| CardError::Unknown(name.to_string()))?;
+                (format!("built-in {name}.json"), text.to_string())
+            }
+        };
+        serde_json::from_str(&text).map_err(|e| CardError::Invalid(origin, e.to_string()))
+    }
+
+    /// The request card, bound to the request's current state.
+    pub fn request_card(&self, request: &Request) -> Result<Value, CardError> {
+        Ok(bind(&self.template("request")?, &request_data(request)))
+    }
+}
+
+fn request_data(request: &Request) -> Map<String, Value> {
+    let action = request.action.kind().as_str();
+    let target = request.action.target(request.stage);
+    let approvers: Vec<String> = request
+        .approvals
+        .iter()
+        .map(|a| format!("{} at {}", a.user_name, a.at.format("%H:%M UTC")))
+        .collect();
+    let approvals_line = format!(
+        "{}/{}{}",
+        request.approvals.len(),
+        request.policy.approvals_needed,
+        if approvers.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", approvers.join(", "))
+        }
+    );
+    let last = request.last_transition();
+    let by = last.map(|t| t.by.clone()).unwrap_or_default();
+    let at = last
+        .map(|t| t.at.format("%Y-%m-%d %H:%M UTC").to_string())
+        .unwrap_or_default();
+    let status_line = match request.status {
+        Status::Pending => format!(
+            "⏳ Waiting for approval from {}",
+            request
+                .policy
+                .approvers
+                .join(", ")
+                .replace('*', "any approver")
+        ),
+        Status::Approved => format!("👍 Approved by {by} at {at}; publishing"),
+        Status::Published => format!("🚀 Approved and published at {at}; waiting for the executor"),
+        Status::Succeeded | Status::Failed => {
+            let outcome = request.outcome.as_ref();
+            let icon = if request.status == Status::Succeeded {
+                "✅ Succeeded"
+            } else {
+                "❌ Failed"
+            };
+            format!(
+                "{icon} in {} ms: {}",
+                outcome.map(|o| o.latency_ms).unwrap_or_default(),
+                outcome.map(|o| o.summary.as_str()).unwrap_or_default()
+            )
+        }
+        Status::Rejected => format!("🚫 Rejected by {by} at {at}"),
+        Status::Expired => format!("⌛ Expired at {at}; nothing was done"),
+        Status::Cancelled => format!("↩️ Cancelled by the requester at {at}"),
+    };
+    let data = json!({
+        "title": format!("{action} {target}"),
+        "requestId": request.id,
+        "action": action,
+        "target": target,
+        "stage": request.stage,
+        "requester": request.requester.user_name,
+        "approvalsLine": approvals_line,
+        "expiresAt": rfc3339(request.expires_at),
+        "status": request.status.as_str(),
+        "statusLine": status_line,
+        "awaitingApproval": request.status == Status::Pending,
+    });
+    match data {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    }
+}
+
+/// Adaptive Card Templating, the part we use: `${name}` inside strings and
+/// `"$when": "${name}"` / `"${!name}"` on objects.
+pub fn bind(template: &Value, data: &Map<String, Value>) -> Value {
+    match template {
+        Value::String(text) => Value::String(substitute(text, data)),
+        Value::Array(items) => Value::Array(
+            items
+                .iter()
+                .filter(|item| when_holds(item, data))
+                .map(|item| bind(item, data))
+                .collect(),
+        ),
+        Value::Object(fields) => Value::Object(
+            fields
+                .iter()
+                .filter(|(key, _)| key.as_str() != "$when")
+                .map(|(key, value)| (key.clone(), bind(value, data)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+fn when_holds(item: &Value, data: &Map<String, Value>) -> bool {
+    let Some(condition) = item.get("$when").and_then(Value::as_str) else {
+        return true;
+    };
+    let expression = condition
+        .trim()
+        .trim_start_matches("${")
+        .trim_end_matches('}')
+        .trim();
+    let (negate, name) = match expression.strip_prefix('!') {
+        Some(name) => (true, name.trim()),
+        None => (false, expression),
+    };
+    let truthy = match data.get(name) {
+        Some(Value::Bool(flag)) => *flag,
+        Some(Value::Null) | None => false,
+        Some(Value::String(text)) => !text.is_empty(),
+        Some(_) => true,
+    };
+    truthy != negate
+}
+
+fn substitute(text: &str, data: &Map<String, Value>) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        match after.find('}') {
+            Some(end) => {
+                match data.get(after[..end].trim()) {
+                    Some(Value::String(value)) => out.push_str(value),
+                    Some(Value::Null) | None => {}
+                    Some(value) => out.push_str(&value.to_string()),
+                }
+                rest = &after[end + 1..];
+            }
+            None => {
+                out.push_str(&rest[start..]);
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binds_strings_and_drops_elements_whose_when_is_false() {
+        let template = json!({"text": "Hi ${name}, ${missing}!", "items": [
+            {"$when": "${show}", "a": 1}, {"$when": "${!show}", "b": 2}, {"c": "${n}"}
+        ]});
+        let data = json!({"name": "Ada", "show": true, "n": 3});
+        let bound = bind(&template, data.as_object().unwrap());
+        assert_eq!(
+            bound,
+            json!({"text": "Hi Ada, !", "items": [{"a": 1}, {"c": "3"}]})
+        );
+    }
+
+    #[test]
+    fn unterminated_binding_is_left_as_text() {
+        assert_eq!(substitute("cost ${x", &Map::new()), "cost ${x");
+    }
+
+    #[test]
+    fn template_in_the_cards_directory_wins_over_the_built_in() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("request.json"),
+            r#"{"body":[{"type":"TextBlock","text":"custom ${action}"}]}"#,
+        )
+        .unwrap();
+        let cards = Cards::load(Some(dir.path())).unwrap();
+        assert_eq!(
+            cards.template("request").unwrap()["body"][0]["text"],
+            "custom ${action}"
+        );
+        std::fs::write(dir.path().join("request.json"), "{broken").unwrap();
+        assert!(matches!(
+            Cards::load(Some(dir.path())),
+            Err(CardError::Invalid(_, _))
+        ));
+    }
+}

@@ -1,0 +1,272 @@
+//! Carries out the outbox: publishes approved requests and posts or updates
+//! chat messages. Each lane (a request's thread, one person's ephemerals)
+//! runs in order; failures wait their `Retry-After` or back off, and nothing
+//! is dropped unless the platform says it can never succeed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::Notify;
+
+use crate::backends::bus::EventBus;
+use crate::backends::store::{Effect, QueuedEffect, Store, ThreadRef};
+use crate::backends::BackendError;
+use crate::cards::Cards;
+use crate::chat::{ChatError, ChatMessage, ChatPlatform};
+use crate::domain::events::{Envelope, CHATOPS_SOURCE, DEVOPS_REQUEST};
+use crate::domain::request::{Request, Status};
+use crate::metrics::Metrics;
+use crate::requests::RequestService;
+
+/// Effects waiting on something that never comes (a card that could not be
+/// posted) give up after this many tries.
+const MAX_ATTEMPTS_WITHOUT_PROGRESS: u32 = 30;
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+pub struct Delivery {
+    pub store: Arc<dyn Store>,
+    pub bus: Arc<dyn EventBus>,
+    pub requests: Arc<RequestService>,
+    pub cards: Cards,
+    pub platforms: HashMap<String, Arc<dyn ChatPlatform>>,
+    pub wake: Arc<Notify>,
+    pub metrics: Arc<Metrics>,
+}
+
+enum Failed {
+    Retry { after: Duration, reason: String },
+    GiveUp(String),
+}
+
+impl From<BackendError> for Failed {
+    fn from(error: BackendError) -> Self {
+        Failed::Retry {
+            after: Duration::from_secs(1),
+            reason: error.to_string(),
+        }
+    }
+}
+
+fn backoff(attempts: u32) -> Duration {
+    Duration::from_millis(250u64.saturating_mul(1 << attempts.min(12))).min(MAX_BACKOFF)
+}
+
+fn chat_failure(error: ChatError, attempts: u32) -> Failed {
+    match error {
+        ChatError::RateLimited(after) => Failed::Retry {
+            after: after.unwrap_or(Duration::from_secs(1)),
+            reason: "rate limited".into(),
+        },
+        ChatError::Transient(reason) => Failed::Retry {
+            after: backoff(attempts),
+            reason,
+        },
+        ChatError::Permanent(reason) => Failed::GiveUp(reason),
+    }
+}
+
+fn kind(effect: &Effect) -> &'static str {
+    match effect {
+        Effect::Publish { .. } => "publish",
+        Effect::PostCard { .. } => "post_card",
+        Effect::UpdateCard { .. } => "update_card",
+        Effect::ThreadReply { .. } => "thread_reply",
+        Effect::Ephemeral { .. } => "ephemeral",
+    }
+}
+
+impl Delivery {
+    pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            let worked = self.run_due().await;
+            if let Ok(depth) = self.store.outbox_depth().await {
+                self.metrics.outbox_depth.set(depth as i64);
+            }
+            if worked {
+                continue;
+            }
+            let wait = match self.store.next_effect_at().await {
+                Ok(Some(at)) => (at - Utc::now())
+                    .to_std()
+                    .unwrap_or_default()
+                    .min(Duration::from_secs(1)),
+                _ => Duration::from_secs(1),
+            };
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// Runs every due effect once, lanes in parallel; true if any was due.
+    async fn run_due(&self) -> bool {
+        let due = match self.store.due_effects(Utc::now(), 64).await {
+            Ok(due) => due,
+            Err(error) => {
+                tracing::error!(%error, "outbox: reading due effects failed");
+                return false;
+            }
+        };
+        if due.is_empty() {
+            return false;
+        }
+        let runs = due.into_iter().map(|queued| self.settle(queued));
+        futures_util::future::join_all(runs).await;
+        true
+    }
+
+    async fn settle(&self, queued: QueuedEffect) {
+        let kind = kind(&queued.effect);
+        let recorded = match self.perform(&queued).await {
+            Ok(()) => {
+                self.metrics.effect(kind, "done");
+                self.store.effect_done(queued.seq).await
+            }
+            Err(Failed::Retry { after, reason }) if queued.attempts < u32::MAX - 1 => {
+                self.metrics.effect(kind, "retry");
+                tracing::warn!(effect = kind, attempts = queued.attempts + 1, retry_in_ms = after.as_millis() as u64, %reason, "outbox: will retry");
+                let at = Utc::now() + chrono::Duration::from_std(after).unwrap_or_default();
+                self.store.effect_retry(queued.seq, at, &reason).await
+            }
+            Err(Failed::Retry { reason, .. } | Failed::GiveUp(reason)) => {
+                self.metrics.effect(kind, "dead");
+                tracing::error!(effect = kind, %reason, "outbox: effect cannot succeed; kept as dead letter");
+                self.store.effect_dead(queued.seq, &reason).await
+            }
+        };
+        if let Err(error) = recorded {
+            tracing::error!(%error, "outbox: recording an effect's outcome failed");
+        }
+    }
+
+    fn platform(&self, name: &str) -> Result<&Arc<dyn ChatPlatform>, Failed> {
+        self.platforms.get(name).ok_or_else(|| Failed::Retry {
+            after: Duration::from_secs(30),
+            reason: format!("{name} is not configured"),
+        })
+    }
+
+    async fn request(
+        &self,
+        id: &crate::domain::names::RequestId,
+    ) -> Result<Option<Request>, Failed> {
+        Ok(self.store.request(id).await?)
+    }
+
+    async fn thread(&self, request: &Request, attempts: u32) -> Result<ThreadRef, Failed> {
+        match self.store.thread(&request.id).await? {
+            Some(thread) => Ok(thread),
+            None if attempts >= MAX_ATTEMPTS_WITHOUT_PROGRESS => {
+                Err(Failed::GiveUp("the request's card was never posted".into()))
+            }
+            None => Err(Failed::Retry {
+                after: backoff(attempts),
+                reason: "the request's card is not posted yet".into(),
+            }),
+        }
+    }
+
+    fn card_message(&self, request: &Request) -> Result<ChatMessage, Failed> {
+        let card = self
+            .cards
+            .request_card(request)
+            .map_err(|error| Failed::GiveUp(error.to_string()))?;
+        Ok(ChatMessage {
+            text: format!(
+                "{} {} on {}: {}",
+                request.action.kind().as_str(),
+                request.action.target(request.stage),
+                request.stage,
+                request.status.as_str()
+            ),
+            card: Some(card),
+        })
+    }
+
+    async fn perform(&self, queued: &QueuedEffect) -> Result<(), Failed> {
+        let attempts = queued.attempts;
+        match &queued.effect {
+            Effect::Publish { request_id } => {
+                let Some(request) = self.request(request_id).await? else {
+                    return Ok(());
+                };
+                if request.status != Status::Approved {
+                    return Ok(());
+                }
+                let detail = self
+                    .requests
+                    .request_detail(&request)
+                    .map_err(|error| Failed::GiveUp(error.to_string()))?;
+                let envelope = Envelope::new(DEVOPS_REQUEST, CHATOPS_SOURCE, detail);
+                self.bus
+                    .publish(&envelope)
+                    .await
+                    .map_err(|error| Failed::Retry {
+                        after: backoff(attempts),
+                        reason: error.to_string(),
+                    })?;
+                self.metrics.event(DEVOPS_REQUEST, "published");
+                self.requests.mark_published(request_id).await?;
+                Ok(())
+            }
+            Effect::PostCard { request_id } | Effect::UpdateCard { request_id } => {
+                let Some(request) = self.request(request_id).await? else {
+                    return Ok(());
+                };
+                let platform = self.platform(&request.origin.platform)?;
+                let message = self.card_message(&request)?;
+                let existing = self.store.thread(request_id).await?;
+                match (existing, &queued.effect) {
+                    (Some(thread), _) => platform
+                        .update(&thread.channel, &thread.ts, &message)
+                        .await
+                        .map_err(|error| chat_failure(error, attempts)),
+                    (None, Effect::PostCard { .. }) => {
+                        let ts = platform
+                            .post(&request.origin.channel, None, &message)
+                            .await
+                            .map_err(|error| chat_failure(error, attempts))?;
+                        let thread = ThreadRef {
+                            platform: request.origin.platform.clone(),
+                            channel: request.origin.channel.clone(),
+                            ts,
+                        };
+                        Ok(self.store.set_thread(request_id, &thread).await?)
+                    }
+                    (None, _) => self.thread(&request, attempts).await.map(|_| ()),
+                }
+            }
+            Effect::ThreadReply { request_id, text } => {
+                let Some(request) = self.request(request_id).await? else {
+                    return Ok(());
+                };
+                let thread = self.thread(&request, attempts).await?;
+                let platform = self.platform(&thread.platform)?;
+                platform
+                    .post(
+                        &thread.channel,
+                        Some(&thread.ts),
+                        &ChatMessage::text(text.clone()),
+                    )
+                    .await
+                    .map(|_| ())
+                    .map_err(|error| chat_failure(error, attempts))
+            }
+            Effect::Ephemeral {
+                platform,
+                channel,
+                user,
+                text,
+            } => self
+                .platform(platform)?
+                .ephemeral(channel, user, text)
+                .await
+                .map_err(|error| chat_failure(error, attempts)),
+        }
+    }
+}

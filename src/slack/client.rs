@@ -1,0 +1,150 @@
+//! The Slack Web API through slack-morphism. Its types stop here: the rest of
+//! the bot speaks `ChatPlatform` and JSON.
+
+use async_trait::async_trait;
+use serde_json::{json, Value};
+use slack_morphism::errors::SlackClientError;
+use slack_morphism::prelude::*;
+
+use super::blocks::to_blocks;
+use crate::chat::{ChatError, ChatMessage, ChatPlatform};
+
+pub struct SlackChat {
+    client: SlackHyperClient,
+    token: SlackApiToken,
+}
+
+impl SlackChat {
+    /// `api_url` is the Web API base including `/api` (Slack's, or a test fake's).
+    pub fn new(api_url: &str, bot_token: &str) -> std::io::Result<SlackChat> {
+        // http as well as https, so a local fake Slack can stand in.
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_native_roots()?
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .build();
+        let connector =
+            SlackClientHyperConnector::with_connector(https).with_slack_api_url(api_url);
+        Ok(SlackChat {
+            client: SlackClient::new(connector),
+            token: SlackApiToken::new(SlackApiTokenValue(bot_token.to_string())),
+        })
+    }
+
+    /// Opens a modal; must happen within 3 s of the interaction that gave `trigger_id`.
+    pub async fn open_modal(&self, trigger_id: &str, view: Value) -> Result<(), ChatError> {
+        let request: SlackApiViewsOpenRequest =
+            typed(json!({"trigger_id": trigger_id, "view": view}))?;
+        self.client
+            .open_session(&self.token)
+            .views_open(&request)
+            .await
+            .map(|_| ())
+            .map_err(classify)
+    }
+
+    /// Answers through an interaction's `response_url` (only the person sees it).
+    pub async fn respond(&self, response_url: &str, text: &str) -> Result<(), ChatError> {
+        let url = response_url
+            .parse()
+            .map_err(|_| ChatError::Permanent("response_url is not a URL".into()))?;
+        let request: SlackApiPostWebhookMessageRequest =
+            typed(json!({"text": text, "response_type": "ephemeral"}))?;
+        self.client
+            .respond_to_event(&SlackResponseUrl(url), &request)
+            .await
+            .map(|_| ())
+            .map_err(classify)
+    }
+}
+
+fn typed<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, ChatError> {
+    serde_json::from_value(value).map_err(|error| {
+        ChatError::Permanent(format!("message does not fit Slack's schema: {error}"))
+    })
+}
+
+fn content(message: &ChatMessage) -> Value {
+    let mut body = json!({"text": message.text});
+    if let Some(card) = &message.card {
+        body["blocks"] = Value::Array(to_blocks(card));
+    }
+    body
+}
+
+/// Sorts Slack's failures into wait-and-retry, back-off-and-retry and give-up.
+fn classify(error: SlackClientError) -> ChatError {
+    match error {
+        SlackClientError::RateLimitError(limit) => ChatError::RateLimited(limit.retry_after),
+        SlackClientError::ApiError(api) => match api.code.as_str() {
+            "ratelimited" => ChatError::RateLimited(None),
+            "internal_error" | "fatal_error" | "service_unavailable" | "request_timeout" => {
+                ChatError::Transient(api.code)
+            }
+            _ => ChatError::Permanent(api.code),
+        },
+        SlackClientError::HttpError(http)
+            if http.status_code.is_client_error() && http.status_code.as_u16() != 408 =>
+        {
+            ChatError::Permanent(format!("HTTP {}", http.status_code))
+        }
+        SlackClientError::HttpError(http) => {
+            ChatError::Transient(format!("HTTP {}", http.status_code))
+        }
+        other => ChatError::Transient(other.to_string()),
+    }
+}
+
+#[async_trait]
+impl ChatPlatform for SlackChat {
+    async fn post(
+        &self,
+        channel: &str,
+        thread_ts: Option<&str>,
+        message: &ChatMessage,
+    ) -> Result<String, ChatError> {
+        let mut body = content(message);
+        body["channel"] = json!(channel);
+        if let Some(thread_ts) = thread_ts {
+            body["thread_ts"] = json!(thread_ts);
+        }
+        let request: SlackApiChatPostMessageRequest = typed(body)?;
+        let response = self
+            .client
+            .open_session(&self.token)
+            .chat_post_message(&request)
+            .await
+            .map_err(classify)?;
+        Ok(response.ts.0)
+    }
+
+    async fn update(
+        &self,
+        channel: &str,
+        ts: &str,
+        message: &ChatMessage,
+    ) -> Result<(), ChatError> {
+        let mut body = content(message);
+        body["channel"] = json!(channel);
+        body["ts"] = json!(ts);
+        let request: SlackApiChatUpdateRequest = typed(body)?;
+        self.client
+            .open_session(&self.token)
+            .chat_update(&request)
+            .await
+            .map(|_| ())
+            .map_err(classify)
+    }
+
+    async fn ephemeral(&self, channel: &str, user: &str, text: &str) -> Result<(), ChatError> {
+        let request: SlackApiChatPostEphemeralRequest =
+            typed(json!({"channel": channel, "user": user, "text": text}))?;
+        self.client
+            .open_session(&self.token)
+            .chat_post_ephemeral(&request)
+            .await
+            .map(|_| ())
+            .map_err(classify)
+    }
+}

@@ -1,0 +1,226 @@
+//! `/devops …` slash commands.
+
+use std::collections::HashMap;
+use std::future::Future;
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::{Form, Json};
+use serde_json::{json, Value};
+
+use super::{person, SlackState, ANSWER_WITHIN};
+use crate::domain::command::Command;
+use crate::domain::events::rfc3339;
+use crate::domain::request::{ActionKind, Origin, Request};
+use crate::requests::{NewAction, RequestError};
+
+/// Private metadata carried by the put-secret modal to its submission.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct PutSecretForm {
+    pub name: String,
+    pub stage: String,
+    #[serde(rename = "kmsKey")]
+    pub kms_key: Option<String>,
+    pub channel: String,
+}
+
+pub const PUT_SECRET_CALLBACK: &str = "put_secret";
+pub const SECRET_BLOCK: &str = "secret_value";
+pub const SECRET_INPUT: &str = "value";
+
+pub fn ephemeral(text: impl Into<String>) -> Response {
+    Json(json!({"response_type": "ephemeral", "text": text.into()})).into_response()
+}
+
+/// Runs `work`, answering with its text if it finishes within Slack's
+/// deadline; otherwise answers "working on it" and reports through `response_url`.
+pub async fn answer_in_time<F>(state: &SlackState, response_url: String, work: F) -> Response
+where
+    F: Future<Output = String> + Send + 'static,
+{
+    let mut task = tokio::spawn(work);
+    match tokio::time::timeout(ANSWER_WITHIN, &mut task).await {
+        Ok(Ok(text)) => ephemeral(text),
+        Ok(Err(_)) => {
+            ephemeral("Something went wrong on our side; nothing was changed. Please try again.")
+        }
+        Err(_) => {
+            let client = state.client.clone();
+            tokio::spawn(async move {
+                if let (Ok(text), Some(client)) = (task.await, client) {
+                    if let Err(error) = client.respond(&response_url, &text).await {
+                        tracing::warn!(%error, "late answer through response_url failed");
+                    }
+                }
+            });
+            ephemeral("⏳ Working on it…")
+        }
+    }
+}
+
+pub async fn handle(
+    State(state): State<SlackState>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let field = |name: &str| form.get(name).map(String::as_str).unwrap_or_default();
+    let who = person(field("team_id"), field("user_id"), field("user_name"));
+    if who.user_id.is_empty() || field("channel_id").is_empty() {
+        return ephemeral("This request is missing its user or channel; nothing was done.");
+    }
+    let origin = Origin {
+        platform: "slack".into(),
+        channel: field("channel_id").to_string(),
+    };
+    let command = match Command::parse(field("text")) {
+        Ok(command) => command,
+        Err(error) => return ephemeral(format!("⚠️ {error}")),
+    };
+    let response_url = field("response_url").to_string();
+    match command {
+        Command::Help => ephemeral(Command::help()),
+        Command::Deploy { stack, stage } => {
+            let requests = state.requests.clone();
+            let stage = requests.stage_or_default(stage);
+            answer_in_time(&state, response_url, async move {
+                match requests
+                    .submit(NewAction::Deploy { stack }, stage, who, origin)
+                    .await
+                {
+                    Ok(request) => created_text(&request),
+                    Err(error) => format!("⚠️ {error}"),
+                }
+            })
+            .await
+        }
+        Command::PutSecret {
+            name,
+            stage,
+            kms_key,
+        } => {
+            let stage = state.requests.stage_or_default(stage);
+            if let Err(error) = state
+                .requests
+                .may_request(ActionKind::PutSecret, stage, &who)
+            {
+                return ephemeral(format!("⚠️ {error}"));
+            }
+            let Some(client) = state.client.clone() else {
+                return ephemeral("⚠️ SLACK_BOT_TOKEN is not configured, so the bot cannot open the form for the value.");
+            };
+            let metadata = PutSecretForm {
+                name: name.to_string(),
+                stage: stage.to_string(),
+                kms_key,
+                channel: origin.channel,
+            };
+            let view = secret_modal(&metadata);
+            let trigger_id = field("trigger_id").to_string();
+            // trigger_id is valid for 3 s: open the modal right after acknowledging.
+            tokio::spawn(async move {
+                if let Err(error) = client.open_modal(&trigger_id, view).await {
+                    tracing::warn!(%error, "opening the put-secret modal failed");
+                    let _ = client
+                        .respond(&response_url, &format!("⚠️ The form for the value could not be opened ({error}); please run the command again."))
+                        .await;
+                }
+            });
+            axum::http::StatusCode::OK.into_response()
+        }
+        Command::Status { request_id } => {
+            let requests = state.requests.clone();
+            answer_in_time(&state, response_url, async move {
+                let answer = match request_id {
+                    Some(id) => requests.get(&id).await.map(|request| describe(&request)),
+                    None => requests.recent(&who).await.map(|list| {
+                        if list.is_empty() {
+                            "You have no requests yet.".to_string()
+                        } else {
+                            list.iter().map(describe).collect::<Vec<_>>().join("\n")
+                        }
+                    }),
+                };
+                answer.unwrap_or_else(|error: RequestError| format!("⚠️ {error}"))
+            })
+            .await
+        }
+        Command::Approvals => {
+            let requests = state.requests.clone();
+            answer_in_time(&state, response_url, async move {
+                match requests.pending().await {
+                    Ok(list) if list.is_empty() => "Nothing is waiting for approval.".to_string(),
+                    Ok(list) => list
+                        .iter()
+                        .map(|request| {
+                            format!(
+                                "{} — waiting for {} ({}/{} approvals, expires {})",
+                                describe(request),
+                                request
+                                    .policy
+                                    .approvers
+                                    .join(", ")
+                                    .replace('*', "any approver"),
+                                request.approvals.len(),
+                                request.policy.approvals_needed,
+                                rfc3339(request.expires_at)
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                    Err(error) => format!("⚠️ {error}"),
+                }
+            })
+            .await
+        }
+    }
+}
+
+pub fn created_text(request: &Request) -> String {
+    let what = format!(
+        "{} `{}` on {}",
+        request.action.kind().as_str(),
+        request.action.target(request.stage),
+        request.stage
+    );
+    if request.policy.approvals_needed == 0 {
+        format!(
+            "🚀 Request `{}`: {what} needs no approval and is being published.",
+            request.id
+        )
+    } else {
+        format!(
+            "📝 Request `{}`: {what} is waiting for approval; the card is in the channel.",
+            request.id
+        )
+    }
+}
+
+fn describe(request: &Request) -> String {
+    format!(
+        "`{}` {} `{}` on {} by {}: *{}*",
+        request.id,
+        request.action.kind().as_str(),
+        request.action.target(request.stage),
+        request.stage,
+        request.requester.user_name,
+        request.status.as_str()
+    )
+}
+
+fn secret_modal(form: &PutSecretForm) -> Value {
+    json!({
+        "type": "modal",
+        "callback_id": PUT_SECRET_CALLBACK,
+        "private_metadata": serde_json::to_string(form).unwrap_or_default(),
+        "title": {"type": "plain_text", "text": "Put secret"},
+        "submit": {"type": "plain_text", "text": "Request"},
+        "close": {"type": "plain_text", "text": "Cancel"},
+        "blocks": [
+            {"type": "section", "text": {"type": "mrkdwn", "text": format!(
+                "Secret `{}` on *{}*. The value is sealed and sent only in the request itself; it is never shown in Slack.",
+                super::blocks::mrkdwn(&form.name), form.stage)}},
+            {"type": "input", "block_id": SECRET_BLOCK,
+             "label": {"type": "plain_text", "text": "Value"},
+             "element": {"type": "plain_text_input", "action_id": SECRET_INPUT}}
+        ]
+    })
+}

@@ -1,0 +1,206 @@
+//! Button clicks, modal submissions and the Events API. Payloads are read
+//! leniently: a type we do not handle is acknowledged and ignored.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::{Form, Json};
+use serde_json::{json, Value};
+
+use super::commands::{
+    created_text, PutSecretForm, PUT_SECRET_CALLBACK, SECRET_BLOCK, SECRET_INPUT,
+};
+use super::{person, SlackState};
+use crate::backends::store::Effect;
+use crate::domain::names::{RequestId, SecretName, Stage};
+use crate::domain::request::Origin;
+use crate::domain::secret::SecretValue;
+use crate::requests::{NewAction, Verdict};
+
+/// Slack retries for a few minutes at most; remember deliveries for a day.
+const DEDUPE_FOR: Duration = Duration::from_secs(24 * 3600);
+
+fn str_at<'a>(value: &'a Value, path: &[&str]) -> &'a str {
+    path.iter()
+        .try_fold(value, |value, key| value.get(key))
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+}
+
+fn bad_payload(reason: &str) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        Json(json!({"ok": false, "error": reason})),
+    )
+        .into_response()
+}
+
+pub async fn handle(
+    State(state): State<SlackState>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let Some(raw) = form.get("payload") else {
+        return bad_payload("missing form field `payload`");
+    };
+    let Ok(payload) = serde_json::from_str::<Value>(raw) else {
+        return bad_payload("field `payload` is not JSON");
+    };
+    match str_at(&payload, &["type"]) {
+        "block_actions" => block_actions(state, payload).await,
+        "view_submission" if str_at(&payload, &["view", "callback_id"]) == PUT_SECRET_CALLBACK => {
+            put_secret_submission(state, payload).await
+        }
+        other => {
+            tracing::debug!(kind = other, "Slack interaction ignored");
+            StatusCode::OK.into_response()
+        }
+    }
+}
+
+async fn block_actions(state: SlackState, payload: Value) -> Response {
+    let Some(action) = payload
+        .get("actions")
+        .and_then(|actions| actions.get(0))
+        .cloned()
+    else {
+        return StatusCode::OK.into_response();
+    };
+    let who = person(
+        str_at(&payload, &["team", "id"]),
+        str_at(&payload, &["user", "id"]),
+        str_at(&payload, &["user", "username"]),
+    );
+    let channel = str_at(&payload, &["channel", "id"]).to_string();
+    // A retried delivery repeats the trigger_id and the action's timestamp.
+    let delivery = format!(
+        "slack-action:{}:{}",
+        str_at(&payload, &["trigger_id"]),
+        str_at(&action, &["action_ts"])
+    );
+    // Acknowledge now; the decision and its messages follow through the outbox.
+    tokio::spawn(async move {
+        match state.store.claim_once(&delivery, DEDUPE_FOR).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::info!("Slack retried a click; already handled");
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "dedupe check failed; the state machine still guards the click")
+            }
+        }
+        let verb = str_at(&action, &["action_id"]);
+        let data: Value = serde_json::from_str(str_at(&action, &["value"])).unwrap_or(Value::Null);
+        let verdict = match verb {
+            "approve" => Verdict::Approve,
+            "reject" => Verdict::Reject,
+            _ => return,
+        };
+        let outcome = match RequestId::parse(str_at(&data, &["requestId"])) {
+            Ok(id) => state.requests.decide(&id, &who, verdict).await.map(|_| ()),
+            Err(error) => Err(crate::requests::RequestError::Refused(error.to_string())),
+        };
+        if let Err(error) = outcome {
+            let tell = Effect::Ephemeral {
+                platform: "slack".into(),
+                channel,
+                user: who.user_id.clone(),
+                text: format!("⚠️ Your click changed nothing: {error}"),
+            };
+            if let Err(error) = state.store.enqueue(&[tell]).await {
+                tracing::error!(%error, "could not queue the refusal message");
+            }
+            state.requests.wake_outbox();
+        }
+    });
+    StatusCode::OK.into_response()
+}
+
+fn field_error(message: &str) -> Response {
+    Json(json!({"response_action": "errors", "errors": {SECRET_BLOCK: message}})).into_response()
+}
+
+async fn put_secret_submission(state: SlackState, payload: Value) -> Response {
+    let Ok(form) =
+        serde_json::from_str::<PutSecretForm>(str_at(&payload, &["view", "private_metadata"]))
+    else {
+        return field_error("This form is damaged; close it and run the command again.");
+    };
+    let value = str_at(
+        &payload,
+        &[
+            "view",
+            "state",
+            "values",
+            SECRET_BLOCK,
+            SECRET_INPUT,
+            "value",
+        ],
+    );
+    if value.is_empty() {
+        return field_error("Enter the secret's value.");
+    }
+    let (Ok(name), Ok(stage)) = (SecretName::parse(&form.name), Stage::parse(&form.stage)) else {
+        return field_error("This form is damaged; close it and run the command again.");
+    };
+    let who = person(
+        str_at(&payload, &["team", "id"]),
+        str_at(&payload, &["user", "id"]),
+        str_at(&payload, &["user", "username"]),
+    );
+    let action = NewAction::PutSecret {
+        name,
+        kms_key: form.kms_key,
+        value: SecretValue::new(value.to_string()),
+    };
+    let origin = Origin {
+        platform: "slack".into(),
+        channel: form.channel.clone(),
+    };
+    let requests = state.requests.clone();
+    let store = state.store.clone();
+    let user = who.user_id.clone();
+    let channel = form.channel;
+    // The modal closes on an empty 200; the outcome is told to the requester privately.
+    let work = async move {
+        let text = match requests.submit(action, stage, who, origin).await {
+            Ok(request) => created_text(&request),
+            Err(error) => format!("⚠️ {error}"),
+        };
+        let tell = Effect::Ephemeral {
+            platform: "slack".into(),
+            channel,
+            user,
+            text,
+        };
+        if let Err(error) = store.enqueue(&[tell]).await {
+            tracing::error!(%error, "could not queue the submission answer");
+        }
+        requests.wake_outbox();
+    };
+    tokio::spawn(work);
+    StatusCode::OK.into_response()
+}
+
+/// The Events API: URL verification, and deduplicated (ignored) event callbacks.
+pub async fn events(State(state): State<SlackState>, body: axum::body::Bytes) -> Response {
+    let Ok(event) = serde_json::from_slice::<Value>(&body) else {
+        return bad_payload("body is not JSON");
+    };
+    match str_at(&event, &["type"]) {
+        "url_verification" => {
+            Json(json!({"challenge": str_at(&event, &["challenge"])})).into_response()
+        }
+        "event_callback" => {
+            let key = format!("slack-event:{}", str_at(&event, &["event_id"]));
+            if let Ok(false) = state.store.claim_once(&key, DEDUPE_FOR).await {
+                tracing::info!("Slack redelivered an event; already seen");
+            }
+            StatusCode::OK.into_response()
+        }
+        _ => StatusCode::OK.into_response(),
+    }
+}

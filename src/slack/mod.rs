@@ -1,0 +1,81 @@
+//! The Slack edge: signed HTTP in, slack-morphism Web API calls out.
+//! Everything is acknowledged within Slack's 3 s; slow work continues after.
+
+mod blocks;
+mod client;
+mod commands;
+mod interactions;
+mod verify;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::routing::post;
+use axum::Router;
+use slack_morphism::prelude::SlackSigningSecret;
+use slack_morphism::signature_verifier::SlackEventSignatureVerifier;
+
+pub use client::SlackChat;
+
+use crate::backends::store::Store;
+use crate::domain::names::Person;
+use crate::requests::RequestService;
+
+/// Work not finished by then is answered "working on it" and reported later.
+const ANSWER_WITHIN: Duration = Duration::from_millis(2000);
+/// Bodies bigger than any real slash command or interaction payload are refused.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+#[derive(Clone)]
+pub struct SlackState {
+    pub requests: Arc<RequestService>,
+    pub store: Arc<dyn Store>,
+    pub client: Option<Arc<SlackChat>>,
+    pub verifier: Option<Arc<SlackEventSignatureVerifier>>,
+}
+
+impl SlackState {
+    pub fn new(
+        requests: Arc<RequestService>,
+        store: Arc<dyn Store>,
+        client: Option<Arc<SlackChat>>,
+        signing_secret: Option<&str>,
+    ) -> Self {
+        let verifier = signing_secret.map(|secret| {
+            Arc::new(SlackEventSignatureVerifier::new(&SlackSigningSecret::new(
+                secret.to_string(),
+            )))
+        });
+        Self {
+            requests,
+            store,
+            client,
+            verifier,
+        }
+    }
+}
+
+pub fn router(state: SlackState) -> Router {
+    Router::new()
+        .route("/slack/commands", post(commands::handle))
+        .route("/slack/interactions", post(interactions::handle))
+        .route("/slack/events", post(interactions::events))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            verify::verify_signature,
+        ))
+        .with_state(state)
+}
+
+fn person(team_id: &str, user_id: &str, user_name: &str) -> Person {
+    Person {
+        platform: "slack".into(),
+        team_id: team_id.into(),
+        user_id: user_id.into(),
+        user_name: if user_name.is_empty() {
+            user_id.into()
+        } else {
+            user_name.into()
+        },
+    }
+}

@@ -1,0 +1,52 @@
+//! Slack's v0 request signature, checked before anything else reads the body.
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+use slack_morphism::signature_verifier::SlackEventSignatureVerifier;
+
+use super::{SlackState, MAX_BODY_BYTES};
+
+fn refuse(status: StatusCode, error: &str) -> Response {
+    (status, Json(json!({"ok": false, "error": error}))).into_response()
+}
+
+pub async fn verify_signature(
+    State(state): State<SlackState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(verifier) = state.verifier.as_ref() else {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "SLACK_SIGNING_SECRET is not configured",
+        );
+    };
+    let (parts, body) = request.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY_BYTES).await else {
+        return refuse(StatusCode::PAYLOAD_TOO_LARGE, "body too large");
+    };
+    let header = |name: &str| {
+        parts
+            .headers
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+    };
+    let signature = header(SlackEventSignatureVerifier::SLACK_SIGNED_HASH_HEADER);
+    let timestamp = header(SlackEventSignatureVerifier::SLACK_SIGNED_TIMESTAMP);
+    let (Some(signature), Some(timestamp), Ok(text)) =
+        (signature, timestamp, std::str::from_utf8(&bytes))
+    else {
+        return refuse(StatusCode::UNAUTHORIZED, "missing Slack signature");
+    };
+    if let Err(error) = verifier.verify(signature, text, timestamp) {
+        tracing::warn!(%error, path = %parts.uri.path(), "Slack signature refused");
+        return refuse(StatusCode::UNAUTHORIZED, "invalid or stale Slack signature");
+    }
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
+}

@@ -1,0 +1,628 @@
+//! A local stand-in for the Slack Web API.
+//!
+//! The app talks to Slack through slack-morphism's real hyper client, so the
+//! tests point that client at this server (`with_slack_api_url(base_url)`) and
+//! get the whole HTTP path exercised: auth header, JSON bodies, status codes and
+//! response decoding. The replies therefore follow Slack's wire format closely
+//! enough for slack-morphism to deserialize them, and they fail the way Slack
+//! fails (`ok: false` with HTTP 200, 429 with `Retry-After`).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use axum::{Json, Router};
+use serde_json::{json, Map, Value};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+/// How often `wait_for_calls` looks again; short enough to keep tests fast,
+/// long enough not to spin on a two-core machine.
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
+
+const BOT_USER_ID: &str = "U0FAKEBOT";
+const BOT_ID: &str = "B0FAKEBOT";
+const APP_ID: &str = "A0FAKEAPP";
+const TEAM_ID: &str = "T0FAKETEAM";
+
+/// The fake Slack server. Dropping the last clone shuts the server down.
+#[derive(Clone)]
+pub struct FakeSlack {
+    /// What to pass to `with_slack_api_url`, e.g. `http://127.0.0.1:PORT/api`.
+    pub base_url: String,
+    state: Arc<Mutex<Recorder>>,
+    /// Never sent on: dropping it resolves the server's shutdown signal, so a
+    /// finished test does not leave a listener behind.
+    _shutdown: Arc<oneshot::Sender<()>>,
+}
+
+/// One request as the app sent it.
+#[derive(Clone, Debug)]
+pub struct SlackCall {
+    /// The Web API method, e.g. `chat.postMessage`.
+    pub method: String,
+    /// The parameters: a JSON body as sent, or form/query fields as an object
+    /// of strings (JSON-valued fields such as `blocks` stay strings).
+    pub body: Value,
+    /// The bearer token from the `Authorization` header.
+    pub token: Option<String>,
+}
+
+/// A way for the next calls to a method to fail, as Slack can.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// HTTP 429 with `Retry-After`, which slack-morphism maps to
+    /// `SlackClientError::RateLimitError { retry_after, .. }`.
+    RateLimited { retry_after_secs: u64 },
+    /// HTTP 500, which slack-morphism maps to `SlackClientError::HttpError`.
+    ServerError,
+    /// HTTP 200 with `ok: false` and this error code, which slack-morphism maps
+    /// to `SlackClientError::ApiError`.
+    SlackError(&'static str),
+}
+
+impl FakeSlack {
+    /// Binds an ephemeral port on loopback and serves the fake API on it.
+    pub async fn start() -> FakeSlack {
+        let listener = TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .expect("bind the fake Slack listener on 127.0.0.1");
+        let address = listener
+            .local_addr()
+            .expect("read the fake Slack listener address");
+        let state = Arc::new(Mutex::new(Recorder::default()));
+        let app = Router::new()
+            .route("/api/{method}", any(handle))
+            .with_state(Arc::clone(&state));
+        let (shutdown, stopped) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+                // Resolves with an error once every `FakeSlack` clone is gone.
+                let _ = stopped.await;
+            });
+            if let Err(err) = server.await {
+                eprintln!("fake Slack server stopped: {err}");
+            }
+        });
+        FakeSlack {
+            base_url: format!("http://{address}/api"),
+            state,
+            _shutdown: Arc::new(shutdown),
+        }
+    }
+
+    /// Every call that got an `ok: true` answer, in arrival order.
+    pub fn calls(&self) -> Vec<SlackCall> {
+        self.lock()
+            .attempts
+            .iter()
+            .filter(|attempt| attempt.answered)
+            .map(|attempt| attempt.call.clone())
+            .collect()
+    }
+
+    /// How many times `method` was called, whatever the answer was.
+    pub fn attempts(&self, method: &str) -> usize {
+        self.lock()
+            .attempts
+            .iter()
+            .filter(|attempt| attempt.call.method == method)
+            .count()
+    }
+
+    /// The `ts` Slack answered the `index`-th successful call to `method` with.
+    pub fn message_ts(&self, method: &str, index: usize) -> String {
+        self.lock()
+            .attempts
+            .iter()
+            .filter(|attempt| attempt.answered && attempt.call.method == method)
+            .nth(index)
+            .and_then(|attempt| {
+                attempt
+                    .reply
+                    .get("ts")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            })
+            .unwrap_or_else(|| panic!("no answered {method} call number {index}"))
+    }
+
+    /// The bodies of the successful calls to `method`, in arrival order.
+    pub fn calls_to(&self, method: &str) -> Vec<Value> {
+        self.lock().answered_bodies(method)
+    }
+
+    /// Waits (polling every 20 ms) until `count` successful calls to `method`
+    /// exist, returns their bodies; panics with a message listing all calls
+    /// seen if `timeout` elapses.
+    ///
+    /// The app talks to Slack from background tasks, so tests cannot know when
+    /// a message has gone out. All bodies are returned, so a test that expects
+    /// exactly `count` can still assert on the length.
+    pub async fn wait_for_calls(
+        &self,
+        method: &str,
+        count: usize,
+        timeout: Duration,
+    ) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let bodies = self.calls_to(method);
+            if bodies.len() >= count {
+                return bodies;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                panic!(
+                    "expected {count} successful {method} call(s) within {timeout:?}, \
+                     got {}; calls seen:\n{}",
+                    bodies.len(),
+                    self.lock().describe_attempts()
+                );
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    /// The next `times` calls to `method` fail in the given way, then calls
+    /// succeed again. Failures queued by repeated calls are used up in order.
+    pub fn fail_next(&self, method: &str, failure: Failure, times: usize) {
+        self.lock()
+            .failures
+            .entry(method.to_owned())
+            .or_default()
+            .extend(std::iter::repeat_n(failure, times));
+    }
+
+    /// All recorded request bodies and methods concatenated as one string (for
+    /// "secret never appears" assertions), including failed attempts.
+    ///
+    /// Each body appears raw (so percent-encoded form data is covered), as
+    /// JSON, and as its plain string values and keys (so a secret is found
+    /// even where JSON escaping would split it). The bearer token is left out
+    /// on purpose: sending it is expected.
+    pub fn everything_sent(&self) -> String {
+        let state = self.lock();
+        let mut sent = String::new();
+        for attempt in &state.attempts {
+            let body = attempt.call.body.to_string();
+            for part in [&attempt.call.method, &attempt.raw, &body] {
+                sent.push_str(part);
+                sent.push('\n');
+            }
+            push_strings(&attempt.call.body, &mut sent);
+        }
+        sent
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Recorder> {
+        lock(&self.state)
+    }
+}
+
+/// A request as it arrived, kept whether or not it succeeded.
+struct Attempt {
+    call: SlackCall,
+    /// Query string and body text exactly as received.
+    raw: String,
+    /// Whether the reply was `ok: true`.
+    answered: bool,
+    /// The `ok: true` reply, or null.
+    reply: Value,
+}
+
+/// What Slack would remember about a message it accepted.
+struct PostedMessage {
+    channel: String,
+    thread_ts: Option<String>,
+}
+
+/// Everything the server knows; one lock guards it so that recording a call
+/// and answering it happen in the same order for concurrent requests.
+#[derive(Default)]
+struct Recorder {
+    attempts: Vec<Attempt>,
+    failures: HashMap<String, VecDeque<Failure>>,
+    /// Messages from `chat.postMessage` by `ts`, so `chat.update` can reject
+    /// a `ts` Slack never handed out.
+    messages: HashMap<String, PostedMessage>,
+    /// The last `ts` handed out, in microseconds since the epoch.
+    last_ts_micros: u64,
+    views_opened: u64,
+}
+
+/// A request body after parsing, plus the Slack error for a body Slack could
+/// not have read.
+struct ParsedRequest {
+    body: Value,
+    raw: String,
+    error: Option<&'static str>,
+}
+
+type MethodResult = Result<Value, &'static str>;
+
+/// The single route: every Web API method is `POST /api/{method}` (slack-morphism
+/// also uses GET with query parameters for a few read methods).
+async fn handle(
+    State(state): State<Arc<Mutex<Recorder>>>,
+    Path(method): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let request = parse_request(&headers, query.as_deref(), &body);
+    let call = SlackCall {
+        method,
+        body: request.body,
+        token: bearer_token(&headers),
+    };
+    let mut recorder = lock(&state);
+    recorder.respond(call, request.raw, request.error)
+}
+
+impl Recorder {
+    /// Records the call and answers it, an injected failure taking precedence
+    /// over everything else.
+    fn respond(&mut self, call: SlackCall, raw: String, error: Option<&'static str>) -> Response {
+        let injected = self
+            .failures
+            .get_mut(&call.method)
+            .and_then(VecDeque::pop_front);
+        let (response, answered, reply) = match injected {
+            Some(failure) => (failure_response(failure), false, Value::Null),
+            None => {
+                let result = match error {
+                    Some(code) => Err(code),
+                    None => self.answer(&call),
+                };
+                let answered = result.is_ok();
+                let reply = result.clone().unwrap_or(Value::Null);
+                (slack_reply(result), answered, reply)
+            }
+        };
+        self.attempts.push(Attempt {
+            call,
+            raw,
+            answered,
+            reply,
+        });
+        response
+    }
+
+    /// Slack rejects unknown methods before looking at the token.
+    fn answer(&mut self, call: &SlackCall) -> MethodResult {
+        let method: fn(&mut Self, &Value) -> MethodResult = match call.method.as_str() {
+            "chat.postMessage" => Self::post_message,
+            "chat.update" => Self::update_message,
+            "chat.postEphemeral" => Self::post_ephemeral,
+            "views.open" => Self::open_view,
+            _ => return Err("unknown_method"),
+        };
+        let is_bot_token = call
+            .token
+            .as_deref()
+            .is_some_and(|token| token.starts_with("xoxb-"));
+        if !is_bot_token {
+            return Err("not_authed");
+        }
+        method(self, &call.body)
+    }
+
+    fn post_message(&mut self, body: &Value) -> MethodResult {
+        let channel = str_field(body, "channel").ok_or("channel_not_found")?;
+        let mut message = message_content(body)?;
+        let ts = self.next_ts();
+        message.insert("ts".into(), ts.clone().into());
+        let thread_ts = str_field(body, "thread_ts");
+        if let Some(thread_ts) = thread_ts {
+            message.insert("thread_ts".into(), thread_ts.into());
+        }
+        self.messages.insert(
+            ts.clone(),
+            PostedMessage {
+                channel: channel.to_owned(),
+                thread_ts: thread_ts.map(str::to_owned),
+            },
+        );
+        Ok(json!({
+            "ok": true,
+            "channel": channel,
+            "ts": ts,
+            "message": message,
+        }))
+    }
+
+    /// Only messages this fake posted, in the channel they were posted to, can
+    /// be updated, as in Slack (ephemeral messages cannot be updated at all).
+    fn update_message(&mut self, body: &Value) -> MethodResult {
+        let channel = str_field(body, "channel").ok_or("channel_not_found")?;
+        let ts = str_field(body, "ts").ok_or("message_not_found")?;
+        let posted = self
+            .messages
+            .get(ts)
+            .filter(|posted| posted.channel == channel)
+            .ok_or("message_not_found")?;
+        let message = message_content(body)?;
+        let mut reply = json!({
+            "ok": true,
+            "channel": channel,
+            "ts": ts,
+            "text": str_field(body, "text").unwrap_or_default(),
+            "message": message,
+        });
+        if let Some(thread_ts) = &posted.thread_ts {
+            reply["thread_ts"] = thread_ts.as_str().into();
+        }
+        Ok(reply)
+    }
+
+    fn post_ephemeral(&mut self, body: &Value) -> MethodResult {
+        str_field(body, "channel").ok_or("channel_not_found")?;
+        str_field(body, "user").ok_or("user_not_in_channel")?;
+        message_content(body)?;
+        Ok(json!({ "ok": true, "message_ts": self.next_ts() }))
+    }
+
+    /// Echoes the submitted modal with the fields Slack adds to an opened view.
+    fn open_view(&mut self, body: &Value) -> MethodResult {
+        str_field(body, "trigger_id").ok_or("invalid_arguments")?;
+        let Some(Value::Object(mut view)) = json_field(body, "view") else {
+            return Err("invalid_arguments");
+        };
+        // slack-morphism needs `title` and `blocks` to read a modal back, and
+        // Slack refuses to open anything else.
+        let is_modal = view.get("type").and_then(Value::as_str) == Some("modal")
+            && view.get("title").is_some_and(Value::is_object)
+            && view.get("blocks").is_some_and(Value::is_array);
+        if !is_modal {
+            return Err("invalid_arguments");
+        }
+        self.views_opened += 1;
+        let id = format!("V0{:09}", self.views_opened);
+        let hash = format!("{}.{:08}", now_micros() / 1_000_000, self.views_opened);
+        for (key, default) in [
+            ("private_metadata", json!("")),
+            ("callback_id", json!("")),
+            ("external_id", json!("")),
+            ("close", Value::Null),
+            ("submit", Value::Null),
+            ("clear_on_close", json!(false)),
+            ("notify_on_close", json!(false)),
+        ] {
+            view.entry(key).or_insert(default);
+        }
+        for (key, value) in [
+            ("id", json!(id)),
+            ("team_id", json!(TEAM_ID)),
+            ("state", json!({ "values": {} })),
+            ("hash", json!(hash)),
+            ("previous_view_id", Value::Null),
+            ("root_view_id", json!(id)),
+            ("app_id", json!(APP_ID)),
+            ("app_installed_team_id", json!(TEAM_ID)),
+            ("bot_id", json!(BOT_ID)),
+        ] {
+            view.insert(key.to_owned(), value);
+        }
+        Ok(json!({ "ok": true, "view": view }))
+    }
+
+    /// A fresh message timestamp: the current time in Slack's
+    /// `seconds.micros` format, bumped if needed so every `ts` is unique and
+    /// later than the previous one even within the same microsecond.
+    fn next_ts(&mut self) -> String {
+        self.last_ts_micros = now_micros().max(self.last_ts_micros + 1);
+        format!(
+            "{}.{:06}",
+            self.last_ts_micros / 1_000_000,
+            self.last_ts_micros % 1_000_000
+        )
+    }
+
+    fn answered_bodies(&self, method: &str) -> Vec<Value> {
+        self.attempts
+            .iter()
+            .filter(|attempt| attempt.answered && attempt.call.method == method)
+            .map(|attempt| attempt.call.body.clone())
+            .collect()
+    }
+
+    fn describe_attempts(&self) -> String {
+        if self.attempts.is_empty() {
+            return "  (none)".to_owned();
+        }
+        self.attempts
+            .iter()
+            .map(|attempt| {
+                let outcome = if attempt.answered { "ok" } else { "failed" };
+                format!(
+                    "  {} [{outcome}] {}",
+                    attempt.call.method, attempt.call.body
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// The message object Slack returns for what the app posted. Errors follow
+/// Slack: content must be present, and `blocks`/`attachments` must be arrays
+/// (form posts send them as JSON strings, which Slack decodes).
+fn message_content(body: &Value) -> Result<Map<String, Value>, &'static str> {
+    let mut message = Map::new();
+    message.insert("type".into(), "message".into());
+    message.insert("user".into(), BOT_USER_ID.into());
+    message.insert("bot_id".into(), BOT_ID.into());
+    message.insert("app_id".into(), APP_ID.into());
+    message.insert("team".into(), TEAM_ID.into());
+    message.insert(
+        "text".into(),
+        str_field(body, "text").unwrap_or_default().into(),
+    );
+    let mut has_content =
+        str_field(body, "text").is_some() || str_field(body, "markdown_text").is_some();
+    for (key, error) in [
+        ("blocks", "invalid_blocks"),
+        ("attachments", "invalid_attachments"),
+    ] {
+        match json_field(body, key) {
+            None => {}
+            Some(Value::Array(items)) => {
+                has_content |= !items.is_empty();
+                message.insert(key.to_owned(), Value::Array(items));
+            }
+            Some(_) => return Err(error),
+        }
+    }
+    if has_content {
+        Ok(message)
+    } else {
+        Err("no_text")
+    }
+}
+
+/// Reads the parameters the way Slack does: JSON for `application/json`,
+/// otherwise form fields, with query parameters underneath either.
+fn parse_request(headers: &HeaderMap, query: Option<&str>, bytes: &[u8]) -> ParsedRequest {
+    let text = String::from_utf8_lossy(bytes).into_owned();
+    let raw = match query {
+        Some(query) if !query.is_empty() => format!("{query}\n{text}"),
+        _ => text.clone(),
+    };
+    let mut fields = query.map(form_fields).unwrap_or_default();
+    let (body, error) = if bytes.iter().all(u8::is_ascii_whitespace) {
+        (Value::Object(fields), None)
+    } else if is_json(headers) {
+        match serde_json::from_slice::<Value>(bytes) {
+            Ok(Value::Object(object)) => {
+                fields.extend(object);
+                (Value::Object(fields), None)
+            }
+            Ok(other) => (other, None),
+            Err(_) => (Value::String(text), Some("invalid_json")),
+        }
+    } else {
+        match serde_urlencoded::from_bytes::<Vec<(String, String)>>(bytes) {
+            Ok(pairs) => {
+                fields.extend(pairs.into_iter().map(|(k, v)| (k, Value::String(v))));
+                (Value::Object(fields), None)
+            }
+            Err(_) => (Value::String(text), Some("invalid_form_data")),
+        }
+    };
+    ParsedRequest { body, raw, error }
+}
+
+fn form_fields(encoded: &str) -> Map<String, Value> {
+    serde_urlencoded::from_str::<Vec<(String, String)>>(encoded)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(key, value)| (key, Value::String(value)))
+        .collect()
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| {
+            value
+                .trim_start()
+                .to_ascii_lowercase()
+                .starts_with("application/json")
+        })
+}
+
+fn bearer_token(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then(|| token.to_owned())
+}
+
+/// A non-empty string parameter; Slack treats empty strings as missing.
+fn str_field<'a>(body: &'a Value, key: &str) -> Option<&'a str> {
+    body.get(key)
+        .and_then(Value::as_str)
+        .filter(|value| !value.is_empty())
+}
+
+/// A structured parameter, decoding it when a form post sent it as JSON text.
+fn json_field(body: &Value, key: &str) -> Option<Value> {
+    match body.get(key)? {
+        Value::Null => None,
+        Value::String(text) => {
+            Some(serde_json::from_str(text).unwrap_or_else(|_| text.clone().into()))
+        }
+        other => Some(other.clone()),
+    }
+}
+
+/// Slack answers API errors with HTTP 200 and `ok: false`.
+fn slack_reply(result: MethodResult) -> Response {
+    match result {
+        Ok(reply) => Json(reply).into_response(),
+        Err(code) => Json(json!({ "ok": false, "error": code })).into_response(),
+    }
+}
+
+fn failure_response(failure: Failure) -> Response {
+    match failure {
+        // The JSON content type matters: slack-morphism only reads the error
+        // code from a 429 body it recognises as JSON.
+        Failure::RateLimited { retry_after_secs } => (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, retry_after_secs.to_string())],
+            Json(json!({ "ok": false, "error": "ratelimited" })),
+        )
+            .into_response(),
+        Failure::ServerError => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({ "ok": false, "error": "internal_error" })),
+        )
+            .into_response(),
+        Failure::SlackError(code) => slack_reply(Err(code)),
+    }
+}
+
+/// Appends every string and key in `value`, descending into strings that are
+/// themselves JSON (such as form-encoded `blocks`).
+fn push_strings(value: &Value, out: &mut String) {
+    match value {
+        Value::String(text) => {
+            out.push_str(text);
+            out.push('\n');
+            if let Ok(nested @ (Value::Array(_) | Value::Object(_))) =
+                serde_json::from_str::<Value>(text)
+            {
+                push_strings(&nested, out);
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|item| push_strings(item, out)),
+        Value::Object(object) => {
+            for (key, item) in object {
+                out.push_str(key);
+                out.push('\n');
+                push_strings(item, out);
+            }
+        }
+        Value::Null | Value::Bool(_) | Value::Number(_) => {}
+    }
+}
+
+fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_secs() * 1_000_000 + u64::from(elapsed.subsec_micros()))
+        .unwrap_or_default()
+}
+
+/// Poisoning only means another test thread panicked; the recorded data is
+/// still what the tests want to inspect.
+fn lock(state: &Mutex<Recorder>) -> MutexGuard<'_, Recorder> {
+    state.lock().unwrap_or_else(PoisonError::into_inner)
+}

@@ -1,0 +1,370 @@
+//! Spawns the real app on a random port, wired to a fake Slack Web API, and
+//! talks to it the way Slack does: form bodies signed with v0 HMAC-SHA256.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use devops_bot::config::Config;
+use devops_bot::domain::events::Envelope;
+use devops_bot::Application;
+use hmac::{Hmac, Mac};
+use serde_json::{json, Value};
+use sha2::Sha256;
+use tokio::sync::{broadcast, oneshot};
+
+use crate::fake_slack::FakeSlack;
+
+pub const SIGNING_SECRET: &str = "8f742231b10e8888abcd99yyyzzz85a5";
+pub const BOT_TOKEN: &str = "xoxb-test-token";
+pub const EVENTS_API_KEY: &str = "events-api-key-for-tests";
+pub const TEAM: &str = "T0TEAM";
+pub const CHANNEL: &str = "C0DEPLOYS";
+
+const POLICY: &str = r#"
+stage = "dev"
+
+[[policy]]
+actions = ["*"]
+stages = ["prod"]
+requesters = ["*"]
+approvers = ["slack:UBOSS", "slack:UALICE"]
+approvals = 1
+self_approval = true   # ignored: never on prod
+expires_in = "1h"
+
+[[policy]]
+actions = ["deployLambda"]
+stages = ["dev"]
+requesters = ["*"]
+approvals = 0
+
+[[policy]]
+actions = ["putSecret"]
+stages = ["dev"]
+requesters = ["slack:UALICE"]
+approvers = ["*"]
+approvals = 1
+self_approval = true
+
+[embedded]
+stacks = ["cc-agent-doc-registry-dev", "cc-agent-doc-registry-prod"]
+"#;
+
+/// Everything the app logs during the tests, to prove what it never logs.
+static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+
+#[derive(Clone)]
+struct LogBuffer(Arc<Mutex<Vec<u8>>>);
+
+impl Write for LogBuffer {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+pub fn captured_logs() -> String {
+    let logs = LOGS.get().expect("logging starts with the first app");
+    String::from_utf8_lossy(&logs.lock().unwrap()).into_owned()
+}
+
+fn capture_logs() {
+    LOGS.get_or_init(|| {
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        let writer = LogBuffer(buffer.clone());
+        tracing_subscriber::fmt()
+            .with_env_filter("debug")
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .init();
+        buffer
+    });
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub slack: FakeSlack,
+    pub data_dir: Arc<tempfile::TempDir>,
+    pub http: reqwest::Client,
+    pub app_events: broadcast::Receiver<Envelope>,
+    pub vault: Arc<devops_bot::backends::secrets::embedded::LocalVault>,
+    pub stacks: Arc<devops_bot::backends::stacks::embedded::LocalStacks>,
+    stop: Option<oneshot::Sender<()>>,
+    served: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestApp {
+    pub async fn spawn() -> TestApp {
+        let data_dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+        Self::start(FakeSlack::start().await, data_dir).await
+    }
+
+    async fn start(slack: FakeSlack, data_dir: Arc<tempfile::TempDir>) -> TestApp {
+        capture_logs();
+        let policy = data_dir.path().join("devops-bot.toml");
+        std::fs::write(&policy, POLICY).expect("write policy");
+        let vars = [
+            ("DEVOPSBOT_LISTEN", "127.0.0.1:0".to_string()),
+            (
+                "DEVOPSBOT_DATA_DIR",
+                data_dir.path().join("data").display().to_string(),
+            ),
+            ("DEVOPSBOT_CONFIG", policy.display().to_string()),
+            ("DEVOPSBOT_EVENTS_API_KEY", EVENTS_API_KEY.to_string()),
+            ("SLACK_SIGNING_SECRET", SIGNING_SECRET.to_string()),
+            ("SLACK_BOT_TOKEN", BOT_TOKEN.to_string()),
+            ("SLACK_API_URL", slack.base_url.clone()),
+        ];
+        let config = Config::from_env(|name| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.clone())
+        })
+        .expect("test configuration is valid");
+        let app = Application::build(config).await.expect("app builds");
+        let address = format!("http://127.0.0.1:{}", app.port());
+        let app_events = app.published_events();
+        let (vault, stacks) = (app.vault(), app.stacks());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let served = tokio::spawn(async move {
+            app.run_until(async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("app serves");
+        });
+        TestApp {
+            address,
+            slack,
+            data_dir,
+            http: reqwest::Client::new(),
+            app_events,
+            vault,
+            stacks,
+            stop: Some(stop),
+            served: Some(served),
+        }
+    }
+
+    /// Stops the app and starts a new one on the same data and the same fake Slack.
+    pub async fn restart(mut self) -> TestApp {
+        self.shut_down().await;
+        Self::start(self.slack.clone(), self.data_dir.clone()).await
+    }
+
+    pub async fn shut_down(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(served) = self.served.take() {
+            served.await.expect("app stops cleanly");
+        }
+    }
+
+    pub fn sign(body: &str, timestamp: i64) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(SIGNING_SECRET.as_bytes()).unwrap();
+        mac.update(format!("v0:{timestamp}:{body}").as_bytes());
+        format!("v0={}", hex::encode(mac.finalize().into_bytes()))
+    }
+
+    pub fn now() -> i64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    }
+
+    /// Posts a form body to a Slack route, signed as Slack signs it.
+    pub async fn post_signed(
+        &self,
+        path: &str,
+        body: String,
+        extra: &[(&str, &str)],
+    ) -> reqwest::Response {
+        let timestamp = Self::now();
+        let mut request = self
+            .http
+            .post(format!("{}{path}", self.address))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("x-slack-request-timestamp", timestamp.to_string())
+            .header("x-slack-signature", Self::sign(&body, timestamp));
+        for (name, value) in extra {
+            request = request.header(*name, *value);
+        }
+        request.body(body).send().await.expect("app answers")
+    }
+
+    pub async fn command(&self, user: &str, text: &str) -> reqwest::Response {
+        let body = serde_urlencoded::to_string([
+            ("token", "deprecated"),
+            ("team_id", TEAM),
+            ("team_domain", "acme"),
+            ("channel_id", CHANNEL),
+            ("channel_name", "deploys"),
+            ("user_id", user),
+            ("user_name", &user.to_lowercase()),
+            ("command", "/devops"),
+            ("text", text),
+            ("api_app_id", "A0APP"),
+            ("response_url", "http://127.0.0.1:9/commands/T0TEAM/1/abc"),
+            ("trigger_id", &format!("trigger-{}", uuid::Uuid::new_v4())),
+        ])
+        .unwrap();
+        self.post_signed("/slack/commands", body, &[]).await
+    }
+
+    /// Runs a command and returns the ephemeral text it answered with.
+    pub async fn command_text(&self, user: &str, text: &str) -> String {
+        let response = self.command(user, text).await;
+        assert_eq!(response.status(), 200);
+        let body: Value = response.json().await.expect("command answers JSON");
+        assert_eq!(body["response_type"], "ephemeral", "{body}");
+        body["text"].as_str().unwrap_or_default().to_string()
+    }
+
+    pub async fn interaction(&self, payload: &Value, extra: &[(&str, &str)]) -> reqwest::Response {
+        let body = serde_urlencoded::to_string([("payload", payload.to_string())]).unwrap();
+        self.post_signed("/slack/interactions", body, extra).await
+    }
+
+    /// The block_actions payload Slack sends when `user` clicks a card button.
+    pub fn click_payload(user: &str, verb: &str, request_id: &str, card_ts: &str) -> Value {
+        json!({
+            "type": "block_actions",
+            "team": {"id": TEAM, "domain": "acme"},
+            "user": {"id": user, "username": user.to_lowercase(), "name": user.to_lowercase(), "team_id": TEAM},
+            "api_app_id": "A0APP",
+            "trigger_id": format!("trigger-{}", uuid::Uuid::new_v4()),
+            "container": {"type": "message", "message_ts": card_ts, "channel_id": CHANNEL},
+            "channel": {"id": CHANNEL, "name": "deploys"},
+            "message": {"type": "message", "ts": card_ts, "text": "card"},
+            "response_url": "http://127.0.0.1:9/actions/1",
+            "actions": [{
+                "type": "button",
+                "action_id": verb,
+                "block_id": "b1",
+                "value": json!({"verb": verb, "requestId": request_id}).to_string(),
+                "action_ts": format!("{}.000200", Self::now()),
+            }]
+        })
+    }
+
+    pub async fn click(
+        &self,
+        user: &str,
+        verb: &str,
+        request_id: &str,
+        card_ts: &str,
+    ) -> reqwest::Response {
+        self.interaction(&Self::click_payload(user, verb, request_id, card_ts), &[])
+            .await
+    }
+
+    /// The view_submission Slack sends when the put-secret modal is submitted.
+    pub async fn submit_modal(
+        &self,
+        user: &str,
+        opened_view: &Value,
+        value: &str,
+    ) -> reqwest::Response {
+        let payload = json!({
+            "type": "view_submission",
+            "team": {"id": TEAM, "domain": "acme"},
+            "user": {"id": user, "username": user.to_lowercase(), "name": user.to_lowercase(), "team_id": TEAM},
+            "api_app_id": "A0APP",
+            "trigger_id": format!("trigger-{}", uuid::Uuid::new_v4()),
+            "view": {
+                "id": "V0MODAL",
+                "type": "modal",
+                "callback_id": opened_view["callback_id"],
+                "private_metadata": opened_view["private_metadata"],
+                "state": {"values": {"secret_value": {"value": {"type": "plain_text_input", "value": value}}}},
+                "hash": "1.abc"
+            }
+        });
+        self.interaction(&payload, &[]).await
+    }
+
+    pub async fn post_event(&self, envelope: &Value, api_key: Option<&str>) -> reqwest::Response {
+        let mut request = self
+            .http
+            .post(format!("{}/events", self.address))
+            .json(envelope);
+        if let Some(key) = api_key {
+            request = request.header("x-api-key", key);
+        }
+        request.send().await.expect("app answers")
+    }
+
+    /// The next event of `detail_type` published on the bus.
+    pub async fn next_event(&mut self, detail_type: &str) -> Envelope {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let event = tokio::time::timeout_at(deadline, self.app_events.recv())
+                .await
+                .unwrap_or_else(|_| panic!("no {detail_type} event within 10 s"))
+                .expect("bus open");
+            if event.detail_type == detail_type {
+                return event;
+            }
+        }
+    }
+
+    /// Events of `detail_type` published until the bus is quiet for `quiet`.
+    pub async fn drain_events(&mut self, detail_type: &str, quiet: Duration) -> Vec<Envelope> {
+        let mut seen = Vec::new();
+        while let Ok(Ok(event)) = tokio::time::timeout(quiet, self.app_events.recv()).await {
+            if event.detail_type == detail_type {
+                seen.push(event);
+            }
+        }
+        seen
+    }
+
+    /// Waits for the `count`-th approval card and returns (request id, card ts, card body).
+    pub async fn card(&self, count: usize) -> (String, String, Value) {
+        let posts = self
+            .slack
+            .wait_for_calls("chat.postMessage", count, Duration::from_secs(10))
+            .await;
+        let cards: Vec<&Value> = posts
+            .iter()
+            .filter(|post| post.get("thread_ts").is_none())
+            .collect();
+        let card = cards
+            .get(count - 1)
+            .unwrap_or_else(|| panic!("card {count} not posted: {posts:?}"));
+        let ts = self.posted_ts(card);
+        (request_id_of(card), ts, (*card).clone())
+    }
+
+    /// The ts the fake Slack gave the post whose body is `post`.
+    fn posted_ts(&self, post: &Value) -> String {
+        let index = self
+            .slack
+            .calls_to("chat.postMessage")
+            .iter()
+            .position(|call| call == post)
+            .expect("post recorded");
+        self.slack.message_ts("chat.postMessage", index)
+    }
+}
+
+/// The request id carried by a card's buttons, or its "Request …" context line.
+pub fn request_id_of(card: &Value) -> String {
+    let text = card.to_string();
+    let at = text.find("Request ").expect("card names its request") + "Request ".len();
+    text[at..at + 36].to_string()
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}

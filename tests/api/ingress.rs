@@ -1,0 +1,63 @@
+//! `/events`, the Events API handshake, health and readiness.
+
+use serde_json::json;
+
+use crate::helpers::{TestApp, EVENTS_API_KEY};
+
+#[tokio::test]
+async fn events_ingress_requires_its_api_key_and_a_real_envelope() {
+    let app = TestApp::spawn().await;
+    let envelope = json!({"version": "0", "id": "e1", "detail-type": "agent.heartbeat", "source": "agent.X",
+        "time": "2026-12-03T00:00:00Z", "region": "us-east-1", "resources": [], "detail": {"agent": "X"}, "extra": 1});
+    assert_eq!(app.post_event(&envelope, None).await.status(), 401);
+    assert_eq!(
+        app.post_event(&envelope, Some("wrong-key-wrong-key"))
+            .await
+            .status(),
+        401
+    );
+    let malformed = app
+        .post_event(&json!({"detail": 1}), Some(EVENTS_API_KEY))
+        .await;
+    assert_eq!(malformed.status(), 400);
+    assert!(malformed
+        .text()
+        .await
+        .unwrap()
+        .contains("EventBridge envelope"));
+    let accepted = app.post_event(&envelope, Some(EVENTS_API_KEY)).await;
+    assert_eq!(accepted.status(), 200);
+    assert_eq!(
+        accepted.json::<serde_json::Value>().await.unwrap()["routedTo"],
+        0
+    );
+}
+
+#[tokio::test]
+async fn health_readiness_and_url_verification() {
+    let app = TestApp::spawn().await;
+    let health = app
+        .http
+        .get(format!("{}/healthz", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    let ready = app
+        .http
+        .get(format!("{}/readyz", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        ready.json::<serde_json::Value>().await.unwrap()["status"],
+        "ready"
+    );
+    let challenge =
+        json!({"token": "x", "challenge": "c-123", "type": "url_verification"}).to_string();
+    let answer = app.post_signed("/slack/events", challenge, &[]).await;
+    assert_eq!(
+        answer.json::<serde_json::Value>().await.unwrap()["challenge"],
+        "c-123"
+    );
+}

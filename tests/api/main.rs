@@ -1,0 +1,12 @@
+#![allow(clippy::unwrap_used)] // tests panic on purpose when an expectation fails
+//! One integration-test binary: the real app on a random port, a fake Slack
+//! Web API, signed requests.
+
+mod commands;
+mod exactly_once;
+mod fake_slack;
+mod flow;
+mod helpers;
+mod ingress;
+mod resilience;
+mod security;

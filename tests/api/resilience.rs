@@ -1,0 +1,100 @@
+//! Fast acknowledgements, Slack's 429s and failures retried, restarts survived.
+
+use std::time::{Duration, Instant};
+
+use crate::fake_slack::Failure;
+use crate::flow::wait_for_call;
+use crate::helpers::TestApp;
+
+#[tokio::test]
+async fn acknowledges_at_once_while_slack_rate_limits_and_loses_no_reply() {
+    let mut app = TestApp::spawn().await;
+    app.slack.fail_next(
+        "chat.postMessage",
+        Failure::RateLimited {
+            retry_after_secs: 1,
+        },
+        2,
+    );
+    let started = Instant::now();
+    let text = app
+        .command_text("UDEV", "deploy cc-agent-doc-registry")
+        .await;
+    let acknowledged = started.elapsed();
+    assert!(text.contains("Request"), "{text}");
+    assert!(
+        acknowledged < Duration::from_millis(1000),
+        "acknowledged in {acknowledged:?}"
+    );
+
+    // The request goes out while Slack is still limiting; the card and reply follow, in order.
+    app.next_event("devops.request").await;
+    let (_, card_ts, _) = app.card(1).await;
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "Retry-After was honoured"
+    );
+    assert!(app.slack.attempts("chat.postMessage") >= 3);
+    let reply = wait_for_call(&app, "chat.postMessage", |post| {
+        post.get("thread_ts").is_some()
+    })
+    .await;
+    assert_eq!(reply["thread_ts"], card_ts.as_str());
+    let posts = app.slack.calls_to("chat.postMessage");
+    assert!(
+        posts[0].get("thread_ts").is_none(),
+        "the card came before its reply"
+    );
+}
+
+#[tokio::test]
+async fn transient_failures_are_retried_until_the_reply_is_delivered() {
+    let mut app = TestApp::spawn().await;
+    app.command_text("UREQ", "deploy cc-agent-doc-registry --stage prod")
+        .await;
+    let (request_id, card_ts, _) = app.card(1).await;
+    app.slack
+        .fail_next("chat.postMessage", Failure::ServerError, 2);
+    app.slack
+        .fail_next("chat.update", Failure::SlackError("internal_error"), 1);
+    app.click("UBOSS", "approve", &request_id, &card_ts).await;
+    app.next_event("devops.completed").await;
+    let reply = wait_for_call(&app, "chat.postMessage", |post| {
+        post.get("thread_ts").is_some()
+    })
+    .await;
+    assert_eq!(reply["thread_ts"], card_ts.as_str());
+    wait_for_call(&app, "chat.update", |update| {
+        update.to_string().contains("Succeeded in")
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn pending_requests_cards_and_threads_survive_a_restart() {
+    let app = TestApp::spawn().await;
+    app.command_text("UREQ", "deploy cc-agent-doc-registry --stage prod")
+        .await;
+    let (request_id, card_ts, _) = app.card(1).await;
+
+    let mut app = app.restart().await;
+    let approvals = app.command_text("UBOSS", "approvals").await;
+    assert!(approvals.contains(&request_id), "{approvals}");
+    app.click("UBOSS", "approve", &request_id, &card_ts).await;
+    let request = app.next_event("devops.request").await;
+    assert_eq!(request.detail["requestId"], request_id.as_str());
+    let reply = wait_for_call(&app, "chat.postMessage", |post| {
+        post.get("thread_ts").is_some()
+    })
+    .await;
+    assert_eq!(
+        reply["thread_ts"],
+        card_ts.as_str(),
+        "the reply lands in the card's thread"
+    );
+    let update = wait_for_call(&app, "chat.update", |update| {
+        update.to_string().contains("Succeeded in")
+    })
+    .await;
+    assert_eq!(update["ts"], card_ts.as_str());
+}
