@@ -24,6 +24,10 @@ use crate::requests::RequestService;
 /// posted) give up after this many tries.
 const MAX_ATTEMPTS_WITHOUT_PROGRESS: u32 = 30;
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// A call that hangs (a half-open connection) is abandoned and retried, so one lane cannot stall the rest.
+const EFFECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// A longer `Retry-After` than this is not believed.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
 pub struct Delivery {
     pub store: Arc<dyn Store>,
@@ -56,7 +60,7 @@ fn backoff(attempts: u32) -> Duration {
 fn chat_failure(error: ChatError, attempts: u32) -> Failed {
     match error {
         ChatError::RateLimited(after) => Failed::Retry {
-            after: after.unwrap_or(Duration::from_secs(1)),
+            after: after.unwrap_or(Duration::from_secs(1)).min(MAX_RETRY_AFTER),
             reason: "rate limited".into(),
         },
         ChatError::Transient(reason) => Failed::Retry {
@@ -122,7 +126,14 @@ impl Delivery {
 
     async fn settle(&self, queued: QueuedEffect) {
         let kind = kind(&queued.effect);
-        let recorded = match self.perform(&queued).await {
+        let performed = match tokio::time::timeout(EFFECT_TIMEOUT, self.perform(&queued)).await {
+            Ok(performed) => performed,
+            Err(_) => Err(Failed::Retry {
+                after: backoff(queued.attempts),
+                reason: format!("no answer within {EFFECT_TIMEOUT:?}"),
+            }),
+        };
+        let recorded = match performed {
             Ok(()) => {
                 self.metrics.effect(kind, "done");
                 self.store.effect_done(queued.seq).await
@@ -202,7 +213,9 @@ impl Delivery {
                     .requests
                     .request_detail(&request)
                     .map_err(|error| Failed::GiveUp(error.to_string()))?;
-                let envelope = Envelope::new(DEVOPS_REQUEST, CHATOPS_SOURCE, detail);
+                let mut envelope = Envelope::new(DEVOPS_REQUEST, CHATOPS_SOURCE, detail);
+                // A republish after a crash carries the same id, so consumers can tell it is a repeat.
+                envelope.id = request.id.to_string();
                 self.bus
                     .publish(&envelope)
                     .await

@@ -36,7 +36,7 @@ use backends::store::embedded::SqliteStore;
 use backends::store::Store;
 use chat::ChatPlatform;
 use config::Config;
-use domain::events::{Envelope, DEVOPS_COMPLETED, DEVOPS_REQUEST};
+use domain::events::{Envelope, DEVOPS_COMPLETED, DEVOPS_REQUEST, EXECUTOR_SOURCE};
 use domain::secret::Sealer;
 
 /// How long in-flight HTTP requests get to finish on shutdown.
@@ -104,7 +104,8 @@ impl Application {
             .route(
                 Rule {
                     detail_type: DEVOPS_REQUEST,
-                    source_prefix: "agent.",
+                    // Every request reaches the executor, which refuses non-agent sources by name.
+                    source_prefix: "",
                     target: "executor",
                 },
                 executor,
@@ -112,7 +113,7 @@ impl Application {
             .route(
                 Rule {
                     detail_type: DEVOPS_COMPLETED,
-                    source_prefix: "",
+                    source_prefix: EXECUTOR_SOURCE,
                     target: "notifier",
                 },
                 Arc::new(requests::CompletionNotifier(requests.clone())),

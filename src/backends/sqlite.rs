@@ -82,6 +82,12 @@ impl Database {
         })
     }
 
+    /// Readiness: the file is open and answers a query.
+    pub fn ping(&self) -> Result<(), BackendError> {
+        self.lock().query_row("SELECT 1", [], |_| Ok(()))?;
+        Ok(())
+    }
+
     pub fn lock(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock leaves SQLite consistent (statements are atomic).
         self.connection

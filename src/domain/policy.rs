@@ -9,6 +9,7 @@ use super::names::Stage;
 use super::request::ActionKind;
 
 const DEFAULT_EXPIRY: Duration = Duration::from_secs(3600);
+const MAX_DURATION_SECS: u64 = 366 * 86_400;
 
 /// One `[[policy]]` table of the configuration file, as written.
 #[derive(Debug, Clone, Deserialize)]
@@ -193,6 +194,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     if !digits.is_empty() || total == 0 {
         return Err(invalid());
     }
+    if total > MAX_DURATION_SECS {
+        return Err(format!("`{text}` is longer than a year"));
+    }
     Ok(Duration::from_secs(total))
 }
 
@@ -266,5 +270,6 @@ mod tests {
         assert!(parse_duration("h").is_err());
         assert!(parse_duration("10").is_err());
         assert!(parse_duration("99999999999999999999d").is_err());
+        assert!(parse_duration("999999999999d").is_err());
     }
 }

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use super::commands::{
     created_text, PutSecretForm, PUT_SECRET_CALLBACK, SECRET_BLOCK, SECRET_INPUT,
 };
-use super::{person, SlackState};
+use super::{person, SlackState, ANSWER_WITHIN};
 use crate::backends::store::Effect;
 use crate::domain::names::{RequestId, SecretName, Stage};
 use crate::domain::request::Origin;
@@ -80,8 +80,7 @@ async fn block_actions(state: SlackState, payload: Value) -> Response {
         str_at(&payload, &["trigger_id"]),
         str_at(&action, &["action_ts"])
     );
-    // Acknowledge now; the decision and its messages follow through the outbox.
-    tokio::spawn(async move {
+    store_before_answering(async move {
         match state.store.claim_once(&delivery, DEDUPE_FOR).await {
             Ok(true) => {}
             Ok(false) => {
@@ -115,8 +114,21 @@ async fn block_actions(state: SlackState, payload: Value) -> Response {
             }
             state.requests.wake_outbox();
         }
-    });
+    })
+    .await;
     StatusCode::OK.into_response()
+}
+
+/// Runs `work` on its own task and waits for it up to Slack's deadline, so the
+/// click or submission is stored before Slack hears "ok" (and survives a
+/// shutdown); if the store is slow, the answer goes first and the work goes on.
+async fn store_before_answering(work: impl std::future::Future<Output = ()> + Send + 'static) {
+    if tokio::time::timeout(ANSWER_WITHIN, tokio::spawn(work))
+        .await
+        .is_err()
+    {
+        tracing::warn!("interaction still being stored after the acknowledgement deadline");
+    }
 }
 
 fn field_error(message: &str) -> Response {
@@ -181,7 +193,7 @@ async fn put_secret_submission(state: SlackState, payload: Value) -> Response {
         }
         requests.wake_outbox();
     };
-    tokio::spawn(work);
+    store_before_answering(work).await;
     StatusCode::OK.into_response()
 }
 

@@ -61,3 +61,44 @@ async fn health_readiness_and_url_verification() {
         "c-123"
     );
 }
+
+#[tokio::test]
+async fn requests_from_elsewhere_are_executed_and_non_agents_refused_by_name() {
+    let mut app = TestApp::spawn().await;
+    let request = |source: &str, id: &str| {
+        json!({"version": "0", "id": id, "detail-type": "devops.request", "source": source,
+            "time": "2026-12-03T00:00:00Z", "region": "us-east-1", "resources": [],
+            "detail": {"requestId": id, "action": "deployLambda", "stage": "dev",
+                "params": {"stackName": "cc-agent-doc-registry"}, "requestedBy": "DocRegistry",
+                "ts": "2026-12-03T00:00:00Z"}})
+    };
+    let forged = request("human.mallory", "0b7c3a52-5f0e-4a7e-9d55-1f7a1e2b3c4d");
+    assert_eq!(
+        app.post_event(&forged, Some(EVENTS_API_KEY)).await.status(),
+        200
+    );
+    let refused = app.next_event("devops.completed").await;
+    assert_eq!(refused.detail["status"], "error");
+    assert!(refused.detail["error"]
+        .as_str()
+        .unwrap()
+        .contains("only sources matching agent.*"));
+
+    let agent = request("agent.DocRegistry", "6f1e2d3c-4b5a-4987-8877-665544332211");
+    assert_eq!(
+        app.post_event(&agent, Some(EVENTS_API_KEY)).await.status(),
+        200
+    );
+    let done = app.next_event("devops.completed").await;
+    assert_eq!(done.detail["status"], "success");
+    assert_eq!(done.detail["requestedBy"], "DocRegistry");
+    // Delivered again (at least once): executed once, no second completion.
+    assert_eq!(
+        app.post_event(&agent, Some(EVENTS_API_KEY)).await.status(),
+        200
+    );
+    assert!(app
+        .drain_events("devops.completed", std::time::Duration::from_millis(500))
+        .await
+        .is_empty());
+}

@@ -174,7 +174,6 @@ impl EventBus for EmbeddedBus {
     }
 
     async fn ping(&self) -> Result<(), BackendError> {
-        self.db.lock().query_row("SELECT 1", [], |_| Ok(()))?;
-        Ok(())
+        self.db.ping()
     }
 }

@@ -103,8 +103,7 @@ impl SecretsBackend for LocalVault {
     }
 
     async fn ping(&self) -> Result<(), BackendError> {
-        self.db.lock().query_row("SELECT 1", [], |_| Ok(()))?;
-        Ok(())
+        self.db.ping()
     }
 }
 

@@ -96,7 +96,6 @@ impl StacksBackend for LocalStacks {
     }
 
     async fn ping(&self) -> Result<(), BackendError> {
-        self.db.lock().query_row("SELECT 1", [], |_| Ok(()))?;
-        Ok(())
+        self.db.ping()
     }
 }

@@ -272,8 +272,7 @@ impl Store for SqliteStore {
     }
 
     async fn ping(&self) -> Result<(), BackendError> {
-        self.db.lock().query_row("SELECT 1", [], |_| Ok(()))?;
-        Ok(())
+        self.db.ping()
     }
 }
 
