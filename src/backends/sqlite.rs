@@ -37,6 +37,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     last_error TEXT,
     dead INTEGER NOT NULL DEFAULT 0
 );
+CREATE INDEX IF NOT EXISTS outbox_by_lane ON outbox (lane, dead, seq);
 CREATE TABLE IF NOT EXISTS bus_deliveries (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     target TEXT NOT NULL,

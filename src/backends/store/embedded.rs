@@ -1,7 +1,6 @@
 //! The store on SQLite. Conditional writes are `UPDATE … WHERE version = ?`
 //! inside a transaction that also appends the effects.
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -192,34 +191,29 @@ impl Store for SqliteStore {
         limit: usize,
     ) -> Result<Vec<QueuedEffect>, BackendError> {
         let conn = self.db.lock();
+        // Only the oldest live effect of a lane may run, and only when its time has come.
         let mut statement = conn.prepare(
-            "SELECT seq, lane, payload, attempts, next_at FROM outbox WHERE dead = 0 ORDER BY seq",
+            "SELECT seq, payload, attempts FROM outbox AS o
+             WHERE dead = 0 AND next_at <= ?1
+               AND seq = (SELECT MIN(seq) FROM outbox WHERE lane = o.lane AND dead = 0)
+             ORDER BY seq LIMIT ?2",
         )?;
-        let rows = statement.query_map([], |row| {
-            Ok((
-                row.get::<_, i64>(0)?,
-                row.get::<_, String>(1)?,
-                row.get::<_, String>(2)?,
-                row.get::<_, u32>(3)?,
-                row.get::<_, i64>(4)?,
-            ))
-        })?;
-        let mut seen_lanes = HashSet::new();
-        let mut due = Vec::new();
-        for row in rows {
-            let (seq, lane, payload, attempts, next_at) = row?;
-            // Only the oldest effect of a lane may run, and only when its time has come.
-            if !seen_lanes.insert(lane) || next_at > now.timestamp_millis() {
-                continue;
-            }
+        let rows = statement
+            .query_map(params![now.timestamp_millis(), limit as i64], |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, u32>(2)?,
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut due = Vec::with_capacity(rows.len());
+        for (seq, payload, attempts) in rows {
             due.push(QueuedEffect {
                 seq,
                 effect: serde_json::from_str(&payload)?,
                 attempts,
             });
-            if due.len() >= limit {
-                break;
-            }
         }
         Ok(due)
     }
