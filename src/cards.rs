@@ -66,6 +66,17 @@ impl Cards {
     }
 }
 
+const STATUSES: [Status; 8] = [
+    Status::Pending,
+    Status::Approved,
+    Status::Published,
+    Status::Succeeded,
+    Status::Failed,
+    Status::Rejected,
+    Status::Expired,
+    Status::Cancelled,
+];
+
 fn request_data(request: &Request) -> Map<String, Value> {
     let action = request.action.kind().as_str();
     let target = request.action.target(request.stage);
@@ -89,34 +100,7 @@ fn request_data(request: &Request) -> Map<String, Value> {
     let at = last
         .map(|t| t.at.format("%Y-%m-%d %H:%M UTC").to_string())
         .unwrap_or_default();
-    let status_line = match request.status {
-        Status::Pending => format!(
-            "⏳ Waiting for approval from {}",
-            request
-                .policy
-                .approvers
-                .join(", ")
-                .replace('*', "any approver")
-        ),
-        Status::Approved => format!("👍 Approved by {by} at {at}; publishing"),
-        Status::Published => format!("🚀 Approved and published at {at}; waiting for the executor"),
-        Status::Succeeded | Status::Failed => {
-            let outcome = request.outcome.as_ref();
-            let icon = if request.status == Status::Succeeded {
-                "✅ Succeeded"
-            } else {
-                "❌ Failed"
-            };
-            format!(
-                "{icon} in {} ms: {}",
-                outcome.map(|o| o.latency_ms).unwrap_or_default(),
-                outcome.map(|o| o.summary.as_str()).unwrap_or_default()
-            )
-        }
-        Status::Rejected => format!("🚫 Rejected by {by} at {at}"),
-        Status::Expired => format!("⌛ Expired at {at}; nothing was done"),
-        Status::Cancelled => format!("↩️ Cancelled by the requester at {at}"),
-    };
+    let outcome = request.outcome.as_ref();
     let data = json!({
         "title": format!("{action} {target}"),
         "requestId": request.id,
@@ -127,11 +111,26 @@ fn request_data(request: &Request) -> Map<String, Value> {
         "approvalsLine": approvals_line,
         "expiresAt": rfc3339(request.expires_at),
         "status": request.status.as_str(),
-        "statusLine": status_line,
+        "approvers": request.policy.approvers.join(", ").replace('*', "any approver"),
+        "decidedBy": by,
+        "decidedAt": at,
+        "latencyMs": outcome.map(|o| o.latency_ms).unwrap_or_default(),
+        "outcome": outcome.map(|o| o.summary.clone()).unwrap_or_default(),
         "awaitingApproval": request.status == Status::Pending,
     });
     match data {
-        Value::Object(map) => map,
+        Value::Object(mut map) => {
+            // One flag per state, so the template words each state (`"$when": "${isRejected}"`).
+            for status in STATUSES {
+                let flag = format!(
+                    "is{}{}",
+                    status.as_str()[..1].to_uppercase(),
+                    &status.as_str()[1..]
+                );
+                map.insert(flag, Value::Bool(request.status == status));
+            }
+            map
+        }
         _ => Map::new(),
     }
 }
