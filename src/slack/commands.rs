@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Form, Json};
 use serde_json::{json, Value};
 
-use super::{person, SlackState, ANSWER_WITHIN};
+use super::{person, within_deadline, SlackState};
 use crate::domain::command::Command;
 use crate::domain::events::rfc3339;
 use crate::domain::request::{ActionKind, Origin, Request};
@@ -38,13 +38,12 @@ pub async fn answer_in_time<F>(state: &SlackState, response_url: String, work: F
 where
     F: Future<Output = String> + Send + 'static,
 {
-    let mut task = tokio::spawn(work);
-    match tokio::time::timeout(ANSWER_WITHIN, &mut task).await {
+    match within_deadline(work).await {
         Ok(Ok(text)) => ephemeral(text),
         Ok(Err(_)) => {
             ephemeral("Something went wrong on our side; nothing was changed. Please try again.")
         }
-        Err(_) => {
+        Err(task) => {
             let client = state.client.clone();
             tokio::spawn(async move {
                 if let (Ok(text), Some(client)) = (task.await, client) {

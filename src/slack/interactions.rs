@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use super::commands::{
     created_text, PutSecretForm, PUT_SECRET_CALLBACK, SECRET_BLOCK, SECRET_INPUT,
 };
-use super::{person, SlackState, ANSWER_WITHIN};
+use super::{person, within_deadline, SlackState};
 use crate::backends::store::Effect;
 use crate::domain::names::{RequestId, SecretName, Stage};
 use crate::domain::request::Origin;
@@ -123,10 +123,7 @@ async fn block_actions(state: SlackState, payload: Value) -> Response {
 /// click or submission is stored before Slack hears "ok" (and survives a
 /// shutdown); if the store is slow, the answer goes first and the work goes on.
 async fn store_before_answering(work: impl std::future::Future<Output = ()> + Send + 'static) {
-    if tokio::time::timeout(ANSWER_WITHIN, tokio::spawn(work))
-        .await
-        .is_err()
-    {
+    if within_deadline(work).await.is_err() {
         tracing::warn!("interaction still being stored after the acknowledgement deadline");
     }
 }

@@ -67,6 +67,18 @@ pub fn router(state: SlackState) -> Router {
         .with_state(state)
 }
 
+/// Runs `work` on its own task and waits for it up to Slack's deadline:
+/// its outcome if it finished (Err if it panicked), or the still-running task.
+async fn within_deadline<T: Send + 'static>(
+    work: impl std::future::Future<Output = T> + Send + 'static,
+) -> Result<Result<T, tokio::task::JoinError>, tokio::task::JoinHandle<T>> {
+    let mut task = tokio::spawn(work);
+    match tokio::time::timeout(ANSWER_WITHIN, &mut task).await {
+        Ok(finished) => Ok(finished),
+        Err(_) => Err(task),
+    }
+}
+
 fn person(team_id: &str, user_id: &str, user_name: &str) -> Person {
     Person {
         platform: "slack".into(),
