@@ -7,15 +7,17 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use crate::backends::aws::{AwsSettings, StaticKeys};
 use crate::domain::names::Stage;
 use crate::domain::policy::{Policy, RuleFile};
 
 const DEFAULT_FILE: &str = include_str!("../devops-bot.toml");
 pub const DEFAULT_SLACK_API_URL: &str = "https://slack.com/api";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Backend {
     Embedded,
+    Aws(Box<AwsSettings>),
 }
 
 #[derive(Debug, Clone)]
@@ -120,11 +122,10 @@ impl Config {
         let backend = match var("DEVOPSBOT_BACKEND").as_deref() {
             None | Some("embedded") => Backend::Embedded,
             Some("aws") => {
-                problems.push(
-                    "DEVOPSBOT_BACKEND: `aws` is not available in this version yet; use `embedded`"
-                        .into(),
-                );
-                Backend::Embedded
+                if var("DEVOPSBOT_EVENTS_API_KEY").is_none() {
+                    problems.push("DEVOPSBOT_EVENTS_API_KEY: required with DEVOPSBOT_BACKEND=aws, where EventBridge delivers devops.request and devops.completed to POST /events".into());
+                }
+                Backend::Aws(Box::new(aws_settings_into(&lookup, &mut problems)))
             }
             Some(other) => {
                 problems.push(format!(
@@ -187,6 +188,19 @@ impl Config {
         })
     }
 
+    /// The `aws` backend's settings alone, for `devops-bot init-aws`.
+    pub fn aws_from_env(
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<AwsSettings, ConfigError> {
+        let mut problems = Vec::new();
+        let settings = aws_settings_into(&lookup, &mut problems);
+        if problems.is_empty() {
+            Ok(settings)
+        } else {
+            Err(ConfigError(problems))
+        }
+    }
+
     /// What is not configured yet, and what that means, for the start-up summary.
     pub fn unconfigured(&self) -> Vec<&'static str> {
         let mut missing = Vec::new();
@@ -200,6 +214,56 @@ impl Config {
             missing.push("DEVOPSBOT_EVENTS_API_KEY (POST /events answers 503)");
         }
         missing
+    }
+}
+
+/// Reads the AWS SDK's own variables and the bot's table, bus and key names.
+fn aws_settings_into(
+    lookup: &impl Fn(&str) -> Option<String>,
+    problems: &mut Vec<String>,
+) -> AwsSettings {
+    let var = |name: &str| lookup(name).filter(|value| !value.trim().is_empty());
+    let static_keys = match (var("AWS_ACCESS_KEY_ID"), var("AWS_SECRET_ACCESS_KEY")) {
+        (Some(access_key_id), Some(secret_access_key)) => Some(StaticKeys {
+            access_key_id,
+            secret_access_key,
+            session_token: var("AWS_SESSION_TOKEN"),
+        }),
+        (None, None) => None,
+        (Some(_), None) => {
+            problems.push("AWS_SECRET_ACCESS_KEY: required when AWS_ACCESS_KEY_ID is set".into());
+            None
+        }
+        (None, Some(_)) => {
+            problems.push("AWS_ACCESS_KEY_ID: required when AWS_SECRET_ACCESS_KEY is set".into());
+            None
+        }
+    };
+    let endpoint_url = var("AWS_ENDPOINT_URL");
+    if let Some(url) = &endpoint_url {
+        if !(url.starts_with("https://") || url.starts_with("http://")) {
+            problems.push(format!("AWS_ENDPOINT_URL: `{url}` must be an http(s) URL"));
+        }
+    }
+    let table = var("DEVOPSBOT_TABLE").unwrap_or_else(|| "devops-bot".into());
+    let valid_table = (3..=255).contains(&table.len())
+        && table
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if !valid_table {
+        problems.push(format!(
+            "DEVOPSBOT_TABLE: `{table}` is not a DynamoDB table name (3-255 of a-z, A-Z, 0-9, _ - .)"
+        ));
+    }
+    AwsSettings {
+        region: var("AWS_REGION").or_else(|| var("AWS_DEFAULT_REGION")),
+        endpoint_url,
+        static_keys,
+        profile: var("AWS_PROFILE"),
+        table,
+        event_bus: var("DEVOPSBOT_EVENT_BUS").unwrap_or_else(|| "default".into()),
+        sealing_key_secret: var("DEVOPSBOT_SEALING_KEY_SECRET")
+            .unwrap_or_else(|| "devops-bot/sealing-key".into()),
     }
 }
 
@@ -251,6 +315,38 @@ mod tests {
             assert!(text.contains(name), "{name} missing from: {text}");
         }
         assert_eq!(error.0.len(), 7);
+    }
+
+    #[test]
+    fn the_aws_backend_reads_the_sdk_variables_and_needs_the_events_key() {
+        let error = from(&[
+            ("DEVOPSBOT_BACKEND", "aws"),
+            ("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE"),
+            ("DEVOPSBOT_TABLE", "no spaces"),
+        ])
+        .unwrap_err();
+        let text = error.to_string();
+        for name in [
+            "DEVOPSBOT_EVENTS_API_KEY",
+            "AWS_SECRET_ACCESS_KEY",
+            "DEVOPSBOT_TABLE",
+        ] {
+            assert!(text.contains(name), "{name} missing from: {text}");
+        }
+        let config = from(&[
+            ("DEVOPSBOT_BACKEND", "aws"),
+            ("DEVOPSBOT_EVENTS_API_KEY", "0123456789abcdef"),
+            ("AWS_REGION", "eu-west-1"),
+            ("AWS_ENDPOINT_URL", "http://127.0.0.1:5000"),
+        ])
+        .unwrap();
+        let Backend::Aws(settings) = config.backend else {
+            panic!("expected the aws backend");
+        };
+        assert_eq!(settings.region.as_deref(), Some("eu-west-1"));
+        assert_eq!(settings.table, "devops-bot");
+        assert_eq!(settings.event_bus, "default");
+        assert!(settings.static_keys.is_none());
     }
 
     #[test]

@@ -26,6 +26,9 @@ const MAX_ATTEMPTS_WITHOUT_PROGRESS: u32 = 30;
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// A call that hangs (a half-open connection) is abandoned and retried, so one lane cannot stall the rest.
 const EFFECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a claimed effect is ours; longer than any attempt can take, so
+/// another replica only takes it over when this one died mid-way.
+const LEASE: Duration = Duration::from_secs(120);
 /// A longer `Retry-After` than this is not believed.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
@@ -109,7 +112,7 @@ impl Delivery {
 
     /// Runs every due effect once, lanes in parallel; true if any was due.
     async fn run_due(&self) -> bool {
-        let due = match self.store.due_effects(Utc::now(), 64).await {
+        let due = match self.store.claim_due_effects(Utc::now(), LEASE, 64).await {
             Ok(due) => due,
             Err(error) => {
                 tracing::error!(%error, "outbox: reading due effects failed");
@@ -136,18 +139,18 @@ impl Delivery {
         let recorded = match performed {
             Ok(()) => {
                 self.metrics.effect(kind, "done");
-                self.store.effect_done(queued.seq).await
+                self.store.effect_done(&queued.id).await
             }
             Err(Failed::Retry { after, reason }) if queued.attempts < u32::MAX - 1 => {
                 self.metrics.effect(kind, "retry");
                 tracing::warn!(effect = kind, attempts = queued.attempts + 1, retry_in_ms = after.as_millis() as u64, %reason, "outbox: will retry");
                 let at = Utc::now() + chrono::Duration::from_std(after).unwrap_or_default();
-                self.store.effect_retry(queued.seq, at, &reason).await
+                self.store.effect_retry(&queued.id, at, &reason).await
             }
             Err(Failed::Retry { reason, .. } | Failed::GiveUp(reason)) => {
                 self.metrics.effect(kind, "dead");
                 tracing::error!(effect = kind, %reason, "outbox: effect cannot succeed; kept as dead letter");
-                self.store.effect_dead(queued.seq, &reason).await
+                self.store.effect_dead(&queued.id, &reason).await
             }
         };
         if let Err(error) = recorded {

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use serde_json::{json, Map, Value};
@@ -11,30 +11,45 @@ use serde_json::{json, Map, Value};
 use crate::backends::bus::{EventBus, EventHandler};
 use crate::backends::secrets::SecretsBackend;
 use crate::backends::stacks::StacksBackend;
-use crate::backends::store::Store;
+use crate::backends::store::{Execution, Store};
 use crate::backends::BackendError;
 use crate::domain::events::{
     rfc3339, CompletedDetail, CompletionStatus, Envelope, DEVOPS_COMPLETED, EXECUTOR_SOURCE,
 };
 use crate::domain::names::{SecretName, StackName, Stage};
 use crate::domain::secret::SecretValue;
+use crate::metrics::Metrics;
 
-/// Executions are remembered this long, so a redelivered request runs once.
-const EXECUTED_MEMORY: Duration = Duration::from_secs(7 * 24 * 3600);
+/// An execution that started this long ago and never finished was cut off
+/// (a crash mid-way); its outcome is unknown, and it is not run again.
+const INTERRUPTED_AFTER: chrono::Duration = chrono::Duration::minutes(15);
+/// Longer request ids are refused rather than used as store keys.
+const MAX_REQUEST_ID_LEN: usize = 128;
 
 pub struct Executor {
     pub store: Arc<dyn Store>,
     pub bus: Arc<dyn EventBus>,
     pub secrets: Arc<dyn SecretsBackend>,
     pub stacks: Arc<dyn StacksBackend>,
+    pub metrics: Arc<Metrics>,
 }
 
-/// A request the executor will not or could not perform; the message is published.
-struct Failure(String);
+/// Why a request was not performed.
+enum Failure {
+    /// It will never succeed as asked; the message is published as the error.
+    Refused(String),
+    /// A backend could not be reached: nothing happened, so deliver the request again later.
+    Unavailable(BackendError),
+}
+
+use Failure::Refused;
 
 impl From<BackendError> for Failure {
     fn from(error: BackendError) -> Self {
-        Failure(error.to_string())
+        match error {
+            BackendError::Unavailable(_) => Failure::Unavailable(error),
+            other => Refused(other.to_string()),
+        }
     }
 }
 
@@ -45,10 +60,10 @@ fn required<'a>(
 ) -> Result<&'a str, Failure> {
     match params.get(key) {
         Some(Value::String(value)) if !value.is_empty() => Ok(value),
-        Some(Value::String(_)) | None | Some(Value::Null) => Err(Failure(format!(
+        Some(Value::String(_)) | None | Some(Value::Null) => Err(Refused(format!(
             "missing required parameter `{key}` for {action}"
         ))),
-        Some(_) => Err(Failure(format!(
+        Some(_) => Err(Refused(format!(
             "parameter `{key}` for {action} must be a string"
         ))),
     }
@@ -62,20 +77,20 @@ impl Executor {
         action: &str,
     ) -> Result<Value, Failure> {
         if !event.source.starts_with("agent.") {
-            return Err(Failure(format!(
+            return Err(Refused(format!(
                 "source `{}` is not allowed: only sources matching agent.* may request DevOps actions",
                 event.source
             )));
         }
         let stage = match detail.get("stage").and_then(Value::as_str) {
-            Some(stage) => Some(Stage::parse(stage).map_err(|e| Failure(e.to_string()))?),
+            Some(stage) => Some(Stage::parse(stage).map_err(|e| Refused(e.to_string()))?),
             None => None,
         };
         let empty = Map::new();
         let params = match detail.get("params") {
             Some(Value::Object(params)) => params,
             None | Some(Value::Null) => &empty,
-            Some(_) => return Err(Failure("`params` must be an object".to_string())),
+            Some(_) => return Err(Refused("`params` must be an object".to_string())),
         };
         let requested_by = detail
             .get("requestedBy")
@@ -84,14 +99,17 @@ impl Executor {
         match action {
             "putSecret" => {
                 let name = required(params, "name", action)?;
-                let name = SecretName::parse(name).map_err(|e| Failure(e.to_string()))?;
+                let name = SecretName::parse(name).map_err(|e| Refused(e.to_string()))?;
                 let value = SecretValue::new(required(params, "value", action)?.to_string());
                 let kms_key = params.get("kmsKey").and_then(Value::as_str);
                 let outcome = self
                     .secrets
                     .put_secret(&name, &value, kms_key, requested_by)
                     .await
-                    .map_err(|error| Failure(format!("Failed to put secret {name}: {error}")))?;
+                    .map_err(|error| match error {
+                        BackendError::Unavailable(_) => Failure::Unavailable(error),
+                        other => Refused(format!("Failed to put secret {name}: {other}")),
+                    })?;
                 Ok(json!({
                     "secretName": name.as_str(),
                     "action": outcome.action,
@@ -101,11 +119,11 @@ impl Executor {
             }
             "deployLambda" => {
                 let stack = StackName::parse(required(params, "stackName", action)?)
-                    .map_err(|e| Failure(e.to_string()))?;
+                    .map_err(|e| Refused(e.to_string()))?;
                 let stage = match params.get("stage").and_then(Value::as_str) {
-                    Some(stage) => Stage::parse(stage).map_err(|e| Failure(e.to_string()))?,
+                    Some(stage) => Stage::parse(stage).map_err(|e| Refused(e.to_string()))?,
                     None => stage.ok_or_else(|| {
-                        Failure("missing required parameter `stage` for deployLambda".into())
+                        Refused("missing required parameter `stage` for deployLambda".into())
                     })?,
                 };
                 let stack_name = stack.for_stage(stage);
@@ -122,15 +140,15 @@ impl Executor {
                         })
                         .collect(),
                     Some(_) => {
-                        return Err(Failure(
+                        return Err(Refused(
                             "`parameters` must be an object of parameter values".into(),
                         ))
                     }
                 };
                 match self.stacks.status(&stack_name).await? {
-                    None => return Err(Failure(format!("stack {stack_name} not found: the executor never creates stacks"))),
+                    None => return Err(Refused(format!("stack {stack_name} not found: the executor never creates stacks"))),
                     Some(status) if status.ends_with("_IN_PROGRESS") => {
-                        return Err(Failure(format!(
+                        return Err(Refused(format!(
                             "stack {stack_name} is in {status} state; try again when it has finished"
                         )))
                     }
@@ -143,68 +161,115 @@ impl Executor {
                     "currentStatus": update.current_status,
                 }))
             }
-            other => Err(Failure(format!(
+            other => Err(Refused(format!(
                 "unknown action `{other}`: supported actions are putSecret and deployLambda"
             ))),
         }
     }
 }
 
-#[async_trait]
-impl EventHandler for Executor {
-    async fn handle(&self, event: &Envelope) -> Result<(), BackendError> {
-        let started = Instant::now();
-        let Value::Object(detail) = &event.detail else {
-            tracing::warn!(id = %event.id, "devops.request without a detail object ignored");
-            return Ok(());
-        };
-        let request_id = detail
-            .get("requestId")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
-        let action = detail
-            .get("action")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
-        let requested_by = detail
-            .get("requestedBy")
-            .and_then(Value::as_str)
-            .unwrap_or("unknown")
-            .to_string();
-        let outcome = if request_id.is_empty() {
-            Err(Failure("missing required parameter `requestId`".into()))
-        } else if !self
-            .store
-            .claim_once(&format!("executed:{request_id}"), EXECUTED_MEMORY)
-            .await?
-        {
-            tracing::info!(%request_id, "devops.request delivered again; already executed");
-            return Ok(());
-        } else {
-            self.perform(event, detail, &action).await
-        };
+impl Executor {
+    async fn completion_for(
+        &self,
+        request_id: &str,
+        action: &str,
+        requested_by: &str,
+        outcome: Result<Value, String>,
+        started: Instant,
+    ) -> Result<Envelope, BackendError> {
+        let latency = started.elapsed();
+        self.metrics
+            .execution(action, outcome.is_ok(), latency.as_secs_f64());
         let (status, result, error) = match outcome {
             Ok(result) => (CompletionStatus::Success, Some(result), None),
-            Err(Failure(message)) => (CompletionStatus::Error, None, Some(message)),
+            Err(message) => (CompletionStatus::Error, None, Some(message)),
         };
         tracing::info!(%request_id, %action, ?status, "devops.request executed");
         let completed = CompletedDetail {
-            request_id,
-            action,
+            request_id: request_id.to_string(),
+            action: action.to_string(),
             status,
             result,
             error,
-            latency_ms: started.elapsed().as_millis() as u64,
-            requested_by,
+            latency_ms: latency.as_millis() as u64,
+            requested_by: requested_by.to_string(),
             timestamp: rfc3339(chrono::Utc::now()),
         };
-        let envelope = Envelope::new(
+        Ok(Envelope::new(
             DEVOPS_COMPLETED,
             EXECUTOR_SOURCE,
             serde_json::to_value(completed)?,
-        );
-        self.bus.publish(&envelope).await
+        ))
+    }
+}
+
+#[async_trait]
+impl EventHandler for Executor {
+    /// Runs each `requestId` once. A redelivery of a finished request
+    /// re-publishes its completion; one that finds it running is retried later.
+    async fn handle(&self, event: &Envelope) -> Result<(), BackendError> {
+        let started = Instant::now();
+        let empty = Map::new();
+        let detail = match &event.detail {
+            Value::Object(detail) => detail,
+            _ => &empty,
+        };
+        let text = |key: &str| detail.get(key).and_then(Value::as_str).unwrap_or_default();
+        let (request_id, action) = (text("requestId"), text("action"));
+        let requested_by = match text("requestedBy") {
+            "" => "unknown",
+            agent => agent,
+        };
+        if request_id.is_empty() || request_id.len() > MAX_REQUEST_ID_LEN {
+            let problem = if request_id.is_empty() {
+                "missing required parameter `requestId`".to_string()
+            } else {
+                format!("`requestId` is longer than {MAX_REQUEST_ID_LEN} characters")
+            };
+            let completion = self
+                .completion_for(request_id, action, requested_by, Err(problem), started)
+                .await?;
+            return self.bus.publish(&completion).await;
+        }
+        let now = chrono::Utc::now();
+        let completion = match self.store.start_execution(request_id, now).await? {
+            Execution::Finished(completion) => {
+                tracing::info!(%request_id, "devops.request delivered again; re-publishing its completion");
+                *completion
+            }
+            Execution::Running { since } if now - since < INTERRUPTED_AFTER => {
+                return Err(BackendError::Unavailable(format!(
+                    "request {request_id} is being executed by another delivery since {since}"
+                )));
+            }
+            Execution::Running { since } => {
+                let message = format!(
+                    "an earlier attempt at request {request_id} started at {} and was interrupted; its outcome is unknown, so it is not run again: check the target before requesting anew",
+                    rfc3339(since)
+                );
+                let completion = self
+                    .completion_for(request_id, action, requested_by, Err(message), started)
+                    .await?;
+                self.store.finish_execution(request_id, &completion).await?;
+                completion
+            }
+            Execution::Started => {
+                let outcome = match self.perform(event, detail, action).await {
+                    Ok(result) => Ok(result),
+                    Err(Refused(message)) => Err(message),
+                    Err(Failure::Unavailable(error)) => {
+                        tracing::warn!(%request_id, %error, "devops.request not performed; backend unavailable, will be delivered again");
+                        self.store.abandon_execution(request_id).await?;
+                        return Err(error);
+                    }
+                };
+                let completion = self
+                    .completion_for(request_id, action, requested_by, outcome, started)
+                    .await?;
+                self.store.finish_execution(request_id, &completion).await?;
+                completion
+            }
+        };
+        self.bus.publish(&completion).await
     }
 }

@@ -13,7 +13,7 @@ use axum::{Json, Router};
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
-use crate::backends::bus::{EventBus, Routes};
+use crate::backends::bus::{EventBus, Routes, MAX_EVENT_BYTES};
 use crate::backends::secrets::SecretsBackend;
 use crate::backends::stacks::StacksBackend;
 use crate::backends::store::Store;
@@ -21,8 +21,6 @@ use crate::backends::BackendError;
 use crate::domain::events::Envelope;
 use crate::metrics::Metrics;
 
-/// EventBridge's own limit for one event.
-pub const MAX_EVENT_BYTES: usize = 256 * 1024;
 pub const API_KEY_HEADER: &str = "x-api-key";
 
 #[derive(Clone)]

@@ -25,19 +25,11 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, watch, Notify};
 
-use backends::bus::embedded::EmbeddedBus;
 use backends::bus::{Routes, Rule};
-use backends::secrets::embedded::LocalVault;
-use backends::secrets::SecretsBackend;
-use backends::sqlite::Database;
-use backends::stacks::embedded::LocalStacks;
-use backends::stacks::StacksBackend;
-use backends::store::embedded::SqliteStore;
-use backends::store::Store;
+use backends::open::{Backends, Embedded};
 use chat::ChatPlatform;
-use config::Config;
+use config::{Backend, Config};
 use domain::events::{Envelope, DEVOPS_COMPLETED, DEVOPS_REQUEST, EXECUTOR_SOURCE};
-use domain::secret::Sealer;
 
 /// How long in-flight HTTP requests get to finish on shutdown.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
@@ -63,27 +55,29 @@ pub enum StartError {
 pub struct Application {
     listener: TcpListener,
     router: axum::Router,
-    bus: Arc<EmbeddedBus>,
+    embedded: Option<Embedded>,
     delivery: Arc<delivery::Delivery>,
     requests: Arc<requests::RequestService>,
-    vault: Arc<LocalVault>,
-    stacks: Arc<LocalStacks>,
     summary: String,
 }
 
 impl Application {
     pub async fn build(config: Config) -> Result<Application, StartError> {
-        let data_dir = &config.data_dir;
-        std::fs::create_dir_all(data_dir)
-            .map_err(|e| StartError::DataDir(data_dir.display().to_string(), e))?;
-        let db = Database::open(&data_dir.join("state.db"))?;
-        let sealer = Sealer::from_key_file(&data_dir.join("vault.key"))?;
         let cards = cards::Cards::load(config.cards_dir.as_deref())?;
-
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::new(db.clone()));
-        let bus = EmbeddedBus::new(db.clone(), sealer.clone());
-        let vault = Arc::new(LocalVault::new(db.clone(), sealer.clone()));
-        let stacks = Arc::new(LocalStacks::new(db.clone(), &config.embedded_stacks)?);
+        let Backends {
+            store,
+            bus,
+            secrets,
+            stacks,
+            sealer,
+            embedded,
+            description,
+        } = match &config.backend {
+            Backend::Embedded => {
+                backends::open::embedded(&config.data_dir, &config.embedded_stacks)?
+            }
+            Backend::Aws(settings) => backends::open::aws(settings).await?,
+        };
         let metrics = Arc::new(metrics::Metrics::default());
         let outbox_wake = Arc::new(Notify::new());
 
@@ -97,8 +91,9 @@ impl Application {
         let executor = Arc::new(executor::Executor {
             store: store.clone(),
             bus: bus.clone(),
-            secrets: vault.clone(),
+            secrets: secrets.clone(),
             stacks: stacks.clone(),
+            metrics: metrics.clone(),
         });
         let routes = Routes::default()
             .route(
@@ -118,7 +113,9 @@ impl Application {
                 },
                 Arc::new(requests::CompletionNotifier(requests.clone())),
             );
-        bus.attach(routes.clone());
+        if let Some(embedded) = &embedded {
+            embedded.bus.attach(routes.clone());
+        }
 
         let slack_client = match &config.slack.bot_token {
             Some(token) => Some(Arc::new(
@@ -143,8 +140,8 @@ impl Application {
         let core = http::CoreState {
             store: store.clone(),
             bus: bus.clone(),
-            secrets: vault.clone() as Arc<dyn SecretsBackend>,
-            stacks: stacks.clone() as Arc<dyn StacksBackend>,
+            secrets,
+            stacks,
             routes,
             events_api_key: config.events_api_key.clone(),
             metrics: metrics.clone(),
@@ -167,9 +164,7 @@ impl Application {
             .map_err(|e| StartError::Listen(config.listen, e))?;
         let unconfigured = config.unconfigured();
         let summary = format!(
-            "devops-bot listening on http://{address}\n  backends: embedded (SQLite {}, in-process bus, local vault, local stacks {:?})\n  config: {}; default stage {}\n  unconfigured: {}",
-            data_dir.join("state.db").display(),
-            config.embedded_stacks,
+            "devops-bot listening on http://{address}\n  backends: {description}\n  config: {}; default stage {}\n  unconfigured: {}",
             config.config_source,
             config.stage,
             if unconfigured.is_empty() { "nothing".to_string() } else { unconfigured.join(", ") },
@@ -177,11 +172,9 @@ impl Application {
         Ok(Application {
             listener,
             router,
-            bus,
+            embedded,
             delivery,
             requests,
-            vault,
-            stacks,
             summary,
         })
     }
@@ -201,17 +194,17 @@ impl Application {
         &self.summary
     }
 
-    /// Every event published on the embedded bus from now on.
-    pub fn published_events(&self) -> broadcast::Receiver<Envelope> {
-        self.bus.subscribe()
+    /// Every event published on the embedded bus from now on (None on `aws`,
+    /// where EventBridge has them).
+    pub fn published_events(&self) -> Option<broadcast::Receiver<Envelope>> {
+        self.embedded
+            .as_ref()
+            .map(|embedded| embedded.bus.subscribe())
     }
 
-    pub fn vault(&self) -> Arc<LocalVault> {
-        self.vault.clone()
-    }
-
-    pub fn stacks(&self) -> Arc<LocalStacks> {
-        self.stacks.clone()
+    /// The embedded backends, for operators' tools and tests to look into.
+    pub fn embedded(&self) -> Option<&Embedded> {
+        self.embedded.as_ref()
     }
 
     /// Serves until `shutdown` resolves, then drains in-flight requests
@@ -227,8 +220,7 @@ impl Application {
                 let _ = stop_rx.wait_for(|stop| *stop).await;
             }
         };
-        let workers = [
-            tokio::spawn(self.bus.clone().run(stopped())),
+        let mut workers = vec![
             tokio::spawn(self.delivery.clone().run(stopped())),
             tokio::spawn(requests::run_expiry(
                 self.requests.clone(),
@@ -236,6 +228,9 @@ impl Application {
                 stopped(),
             )),
         ];
+        if let Some(embedded) = &self.embedded {
+            workers.push(tokio::spawn(embedded.bus.clone().run(stopped())));
+        }
         let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
         let server = axum::serve(self.listener, self.router).with_graceful_shutdown(async move {
             shutdown.await;

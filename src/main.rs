@@ -1,4 +1,5 @@
 //! `devops-bot serve` (the default): reads the configuration, starts the service.
+//! `devops-bot init-aws`: creates the DynamoDB table and sealing key the `aws` backend needs.
 #![forbid(unsafe_code)]
 
 use clap::{Parser, Subcommand};
@@ -20,6 +21,8 @@ struct Cli {
 enum Mode {
     /// Run the service (the default).
     Serve,
+    /// Create what DEVOPSBOT_BACKEND=aws needs in the account (the DynamoDB table, the sealing key); what exists is left alone.
+    InitAws,
 }
 
 #[tokio::main]
@@ -27,6 +30,29 @@ async fn main() -> std::process::ExitCode {
     let Cli { command } = Cli::parse();
     match command.unwrap_or(Mode::Serve) {
         Mode::Serve => serve().await,
+        Mode::InitAws => init_aws().await,
+    }
+}
+
+async fn init_aws() -> std::process::ExitCode {
+    let settings = match Config::aws_from_env(|name| std::env::var(name).ok()) {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("devops-bot init-aws: {error}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match devops_bot::backends::open::init_aws(&settings).await {
+        Ok(done) => {
+            for line in done {
+                println!("{line}");
+            }
+            std::process::ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("devops-bot init-aws: {error}");
+            std::process::ExitCode::from(1)
+        }
     }
 }
 

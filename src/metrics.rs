@@ -16,6 +16,8 @@ pub struct Metrics {
     ack_seconds: Family<Labels, Histogram>,
     effects: Family<Labels, Counter>,
     events: Family<Labels, Counter>,
+    executions: Family<Labels, Counter>,
+    execution_seconds: Family<Labels, Histogram>,
     pub outbox_depth: Gauge,
 }
 
@@ -28,6 +30,10 @@ impl Default for Metrics {
         });
         let effects = Family::<Labels, Counter>::default();
         let events = Family::<Labels, Counter>::default();
+        let executions = Family::<Labels, Counter>::default();
+        let execution_seconds = Family::<Labels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.005, 2.0, 14))
+        });
         let outbox_depth = Gauge::default();
         registry.register(
             "http_requests",
@@ -50,6 +56,16 @@ impl Default for Metrics {
             events.clone(),
         );
         registry.register(
+            "executor_requests",
+            "devops.request events executed, by action and status (the reference's RequestCount; ErrorRate is status=error over all)",
+            executions.clone(),
+        );
+        registry.register(
+            "executor_latency_seconds",
+            "Time from receiving a devops.request to its completion, by action (the reference's RequestLatency)",
+            execution_seconds.clone(),
+        );
+        registry.register(
             "outbox_depth",
             "Effects waiting to be carried out",
             outbox_depth.clone(),
@@ -60,6 +76,8 @@ impl Default for Metrics {
             ack_seconds,
             effects,
             events,
+            executions,
+            execution_seconds,
             outbox_depth,
         }
     }
@@ -98,6 +116,21 @@ impl Metrics {
                 ("direction", direction),
             ])
             .inc();
+    }
+
+    pub fn execution(&self, action: &str, succeeded: bool, seconds: f64) {
+        let action = match action {
+            "putSecret" => "putSecret",
+            "deployLambda" => "deployLambda",
+            _ => "other",
+        };
+        let status = if succeeded { "success" } else { "error" };
+        self.executions
+            .get_or_create(&vec![("action", action), ("status", status)])
+            .inc();
+        self.execution_seconds
+            .get_or_create(&vec![("action", action)])
+            .observe(seconds);
     }
 
     pub fn render(&self) -> String {

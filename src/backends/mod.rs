@@ -1,7 +1,10 @@
 //! Backends behind small traits, each with an `embedded` implementation
-//! (SQLite, in-process bus, local vault and stack registry) and, later, `aws`.
+//! (SQLite, in-process bus, local vault and stack registry) and an `aws` one
+//! (DynamoDB, EventBridge, Secrets Manager, CloudFormation) side by side.
 
+pub mod aws;
 pub mod bus;
+pub mod open;
 pub mod secrets;
 pub mod sqlite;
 pub mod stacks;

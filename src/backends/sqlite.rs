@@ -38,6 +38,11 @@ CREATE TABLE IF NOT EXISTS outbox (
     dead INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS outbox_by_lane ON outbox (lane, dead, seq);
+CREATE TABLE IF NOT EXISTS executions (
+    request_id TEXT PRIMARY KEY,
+    started_at INTEGER NOT NULL,
+    completion TEXT
+);
 CREATE TABLE IF NOT EXISTS bus_deliveries (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     target TEXT NOT NULL,

@@ -51,9 +51,12 @@ pub enum SealError {
     KeyFile { path: String, reason: String },
     #[error("sealed data could not be opened (wrong key or damaged)")]
     Open,
+    #[error("sealing key {name}: {reason}")]
+    SharedKey { name: String, reason: String },
 }
 
-/// Seals and opens values with ChaCha20-Poly1305 under a key kept in a 0600 file.
+/// Seals and opens values with ChaCha20-Poly1305 under a key kept in a 0600
+/// file (embedded) or in a secret every replica reads (aws).
 #[derive(Clone)]
 pub struct Sealer {
     cipher: ChaCha20Poly1305,
@@ -82,6 +85,28 @@ impl Sealer {
             }
             Err(error) => return Err(key_error(error.to_string())),
         };
+        Ok(Self {
+            cipher: ChaCha20Poly1305::new(Key::from_slice(&key)),
+        })
+    }
+
+    /// A new random key, base64-encoded, for a key kept as a secret.
+    pub fn generate_encoded_key() -> SecretValue {
+        let mut key = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut key);
+        SecretValue::new(base64::engine::general_purpose::STANDARD.encode(key))
+    }
+
+    /// Uses a base64-encoded 32-byte key, such as the replicas' shared one named `name`.
+    pub fn from_encoded_key(name: &str, encoded: &SecretValue) -> Result<Self, SealError> {
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(encoded.expose().trim())
+            .ok()
+            .filter(|key| key.len() == 32)
+            .ok_or_else(|| SealError::SharedKey {
+                name: name.to_string(),
+                reason: "expected 32 bytes, base64-encoded".into(),
+            })?;
         Ok(Self {
             cipher: ChaCha20Poly1305::new(Key::from_slice(&key)),
         })

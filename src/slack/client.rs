@@ -17,9 +17,10 @@ pub struct SlackChat {
 impl SlackChat {
     /// `api_url` is the Web API base including `/api` (Slack's, or a test fake's).
     pub fn new(api_url: &str, bot_token: &str) -> std::io::Result<SlackChat> {
-        // http as well as https, so a local fake Slack can stand in.
+        // http as well as https, so a local fake Slack can stand in. The AWS
+        // SDK brings a second TLS crypto provider, so name ours.
         let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_native_roots()?
+            .with_provider_and_native_roots(rustls::crypto::ring::default_provider())?
             .https_or_http()
             .enable_http1()
             .enable_http2()

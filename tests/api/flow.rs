@@ -55,9 +55,14 @@ pub async fn request_prod_secret(
 
 #[tokio::test]
 async fn put_secret_runs_from_command_to_thread_reply() {
-    let mut app = TestApp::spawn().await;
+    put_secret_flow(&mut TestApp::spawn().await).await;
+}
+
+/// Command → modal → card → approve → devops.request → executor → secret
+/// stored → devops.completed → thread reply and final card; on any backend.
+pub async fn put_secret_flow(app: &mut TestApp) {
     let value = "sk_live_flow_0123456789";
-    let (request_id, card_ts, card) = request_prod_secret(&app, "UREQ", value).await;
+    let (request_id, card_ts, card) = request_prod_secret(app, "UREQ", value).await;
 
     // The card shows action, target, stage, requester and expiry, and has both buttons.
     assert_eq!(card["channel"], CHANNEL);
@@ -106,7 +111,7 @@ async fn put_secret_runs_from_command_to_thread_reply() {
     assert_eq!(completed.detail["result"]["action"], "created");
     assert!(completed.detail["latencyMs"].is_u64());
 
-    let reply = wait_for_call(&app, "chat.postMessage", |post| {
+    let reply = wait_for_call(app, "chat.postMessage", |post| {
         post.get("thread_ts").is_some()
     })
     .await;
@@ -118,7 +123,7 @@ async fn put_secret_runs_from_command_to_thread_reply() {
         "{reply_text}"
     );
 
-    let final_card = wait_for_call(&app, "chat.update", |update| {
+    let final_card = wait_for_call(app, "chat.update", |update| {
         update.to_string().contains("Succeeded in")
     })
     .await;
@@ -133,13 +138,16 @@ async fn put_secret_runs_from_command_to_thread_reply() {
         "buttons are gone once decided"
     );
 
-    let name = devops_bot::domain::names::SecretName::parse(SECRET_NAME).unwrap();
-    assert_eq!(app.vault.read(&name).unwrap().unwrap().expose(), value);
+    assert_eq!(app.stored_secret(SECRET_NAME).await.as_deref(), Some(value));
 }
 
 #[tokio::test]
 async fn deploy_without_required_approval_is_published_at_once() {
-    let mut app = TestApp::spawn().await;
+    deploy_flow(&mut TestApp::spawn().await).await;
+}
+
+/// A dev deploy needs no approval: published at once, reported in the card's thread.
+pub async fn deploy_flow(app: &mut TestApp) -> Value {
     let text = app
         .command_text("UDEV", "deploy cc-agent-doc-registry")
         .await;
@@ -151,7 +159,11 @@ async fn deploy_without_required_approval_is_published_at_once() {
     );
     assert_eq!(request.detail["stage"], "dev");
     let completed = app.next_event("devops.completed").await;
-    assert_eq!(completed.detail["status"], "success");
+    assert_eq!(
+        completed.detail["status"], "success",
+        "{:?}",
+        completed.detail
+    );
     assert_eq!(
         completed.detail["result"]["stackName"],
         "cc-agent-doc-registry-dev"
@@ -161,17 +173,19 @@ async fn deploy_without_required_approval_is_published_at_once() {
         !card.to_string().contains("\"approve\""),
         "no buttons without approval: {card}"
     );
-    let reply = wait_for_call(&app, "chat.postMessage", |post| {
+    let reply = wait_for_call(app, "chat.postMessage", |post| {
         post.get("thread_ts").is_some()
     })
     .await;
     assert_eq!(reply["thread_ts"], card_ts.as_str());
+    completed.detail
 }
 
 #[tokio::test]
 async fn executor_errors_read_as_the_spec_says() {
     let mut app = TestApp::spawn().await;
-    app.stacks
+    app.embedded()
+        .stacks
         .set_status("cc-agent-doc-registry-dev", "UPDATE_IN_PROGRESS")
         .unwrap();
     app.command_text("UDEV", "deploy cc-agent-doc-registry")

@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use sha2::Sha256;
 use tokio::sync::{broadcast, oneshot};
 
+use crate::aws_world::AwsWorld;
 use crate::fake_slack::FakeSlack;
 
 pub const SIGNING_SECRET: &str = "8f742231b10e8888abcd99yyyzzz85a5";
@@ -91,8 +92,9 @@ pub struct TestApp {
     pub data_dir: Arc<tempfile::TempDir>,
     pub http: reqwest::Client,
     pub app_events: broadcast::Receiver<Envelope>,
-    pub vault: Arc<devops_bot::backends::secrets::embedded::LocalVault>,
-    pub stacks: Arc<devops_bot::backends::stacks::embedded::LocalStacks>,
+    /// The embedded backends, or the emulated AWS account the app runs on.
+    pub embedded: Option<devops_bot::backends::open::Embedded>,
+    pub aws: Option<Arc<AwsWorld>>,
     stop: Option<oneshot::Sender<()>>,
     served: Option<tokio::task::JoinHandle<()>>,
 }
@@ -100,18 +102,24 @@ pub struct TestApp {
 impl TestApp {
     pub async fn spawn() -> TestApp {
         let data_dir = Arc::new(tempfile::tempdir().expect("temp dir"));
-        Self::start(FakeSlack::start().await, data_dir).await
+        Self::start(FakeSlack::start().await, data_dir, None).await
     }
 
-    async fn start(slack: FakeSlack, data_dir: Arc<tempfile::TempDir>) -> TestApp {
-        capture_logs();
-        let policy = data_dir.path().join("devops-bot.toml");
+    /// The app with `DEVOPSBOT_BACKEND=aws` on `world`; several may share one world and one Slack.
+    pub async fn spawn_on(world: &Arc<AwsWorld>, slack: FakeSlack) -> TestApp {
+        let data_dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+        Self::start(slack, data_dir, Some(world.clone())).await
+    }
+
+    /// The configuration an app of this test gets.
+    pub fn config(slack: &FakeSlack, data_dir: &std::path::Path, aws: Option<&AwsWorld>) -> Config {
+        let policy = data_dir.join("devops-bot.toml");
         std::fs::write(&policy, POLICY).expect("write policy");
-        let vars = [
+        let mut vars = vec![
             ("DEVOPSBOT_LISTEN", "127.0.0.1:0".to_string()),
             (
                 "DEVOPSBOT_DATA_DIR",
-                data_dir.path().join("data").display().to_string(),
+                data_dir.join("data").display().to_string(),
             ),
             ("DEVOPSBOT_CONFIG", policy.display().to_string()),
             ("DEVOPSBOT_EVENTS_API_KEY", EVENTS_API_KEY.to_string()),
@@ -119,16 +127,35 @@ impl TestApp {
             ("SLACK_BOT_TOKEN", BOT_TOKEN.to_string()),
             ("SLACK_API_URL", slack.base_url.clone()),
         ];
-        let config = Config::from_env(|name| {
+        if let Some(world) = aws {
+            vars.extend(world.vars());
+        }
+        Config::from_env(|name| {
             vars.iter()
                 .find(|(k, _)| *k == name)
                 .map(|(_, v)| v.clone())
         })
-        .expect("test configuration is valid");
+        .expect("test configuration is valid")
+    }
+
+    async fn start(
+        slack: FakeSlack,
+        data_dir: Arc<tempfile::TempDir>,
+        aws: Option<Arc<AwsWorld>>,
+    ) -> TestApp {
+        capture_logs();
+        let config = Self::config(&slack, data_dir.path(), aws.as_deref());
         let app = Application::build(config).await.expect("app builds");
         let address = format!("http://127.0.0.1:{}", app.port());
-        let app_events = app.published_events();
-        let (vault, stacks) = (app.vault(), app.stacks());
+        let app_events = match (&aws, app.published_events()) {
+            (Some(world), _) => world.subscribe(),
+            (None, Some(events)) => events,
+            (None, None) => panic!("an embedded app publishes on its own bus"),
+        };
+        if let Some(world) = &aws {
+            world.add_target(&address);
+        }
+        let embedded = app.embedded().cloned();
         let (stop, stopped) = oneshot::channel::<()>();
         let served = tokio::spawn(async move {
             app.run_until(async {
@@ -143,8 +170,8 @@ impl TestApp {
             data_dir,
             http: reqwest::Client::new(),
             app_events,
-            vault,
-            stacks,
+            embedded,
+            aws,
             stop: Some(stop),
             served: Some(served),
         }
@@ -153,10 +180,34 @@ impl TestApp {
     /// Stops the app and starts a new one on the same data and the same fake Slack.
     pub async fn restart(mut self) -> TestApp {
         self.shut_down().await;
-        Self::start(self.slack.clone(), self.data_dir.clone()).await
+        Self::start(self.slack.clone(), self.data_dir.clone(), self.aws.clone()).await
+    }
+
+    pub fn embedded(&self) -> &devops_bot::backends::open::Embedded {
+        self.embedded
+            .as_ref()
+            .expect("this test runs on the embedded backends")
+    }
+
+    /// A secret's value where the app's backend keeps it.
+    pub async fn stored_secret(&self, name: &str) -> Option<String> {
+        match &self.aws {
+            Some(world) => world.secret_value(name).await,
+            None => {
+                let name = devops_bot::domain::names::SecretName::parse(name).unwrap();
+                self.embedded()
+                    .vault
+                    .read(&name)
+                    .unwrap()
+                    .map(|value| value.expose().to_string())
+            }
+        }
     }
 
     pub async fn shut_down(&mut self) {
+        if let Some(world) = &self.aws {
+            world.remove_target(&self.address);
+        }
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -367,4 +418,13 @@ impl Drop for TestApp {
             let _ = stop.send(());
         }
     }
+}
+
+/// A `devops.request` envelope as an agent publishes it.
+pub fn devops_request(source: &str, request_id: &str, action: &str, params: Value) -> Value {
+    json!({"version": "0", "id": request_id, "detail-type": "devops.request", "source": source,
+        "time": "2026-12-03T00:00:00Z", "region": "us-east-1", "resources": [],
+        "detail": {"requestId": request_id, "action": action, "stage": "dev",
+            "params": params, "requestedBy": source.trim_start_matches("agent."),
+            "ts": "2026-12-03T00:00:00Z"}})
 }

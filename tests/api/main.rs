@@ -2,7 +2,10 @@
 //! One integration-test binary: the real app on a random port, a fake Slack
 //! Web API, signed requests.
 
+mod aws;
+mod aws_world;
 mod commands;
+mod contracts;
 mod exactly_once;
 mod fake_slack;
 mod flow;

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use rusqlite::params;
 use tokio::sync::{broadcast, Notify};
 
-use super::{EventBus, Routes};
+use super::{check_size, EventBus, Routes};
 use crate::backends::sqlite::{now_millis, Database};
 use crate::backends::BackendError;
 use crate::domain::events::Envelope;
@@ -149,6 +149,7 @@ impl EmbeddedBus {
 #[async_trait]
 impl EventBus for EmbeddedBus {
     async fn publish(&self, event: &Envelope) -> Result<(), BackendError> {
+        check_size(event)?;
         let targets = self
             .routes
             .get()

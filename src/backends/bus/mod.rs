@@ -1,6 +1,7 @@
 //! The event bus. Rules route envelopes to targets the way EventBridge rules
 //! do (detail-type and source prefix); targets are handlers in this process.
 
+pub mod aws;
 pub mod embedded;
 
 use std::collections::HashMap;
@@ -11,10 +12,43 @@ use async_trait::async_trait;
 use super::BackendError;
 use crate::domain::events::Envelope;
 
+/// EventBridge's limit for one event, as it counts it.
+pub const MAX_EVENT_BYTES: usize = 256 * 1024;
+
+/// The size of an event as EventBridge counts it for `PutEvents`: time,
+/// source, detail-type, detail and resources, in UTF-8 bytes.
+pub fn event_size(event: &Envelope) -> usize {
+    const TIME_BYTES: usize = 14;
+    TIME_BYTES
+        + event.source.len()
+        + event.detail_type.len()
+        + event.detail.to_string().len()
+        + event.resources.iter().map(String::len).sum::<usize>()
+}
+
+/// Refuses, before anything is sent, an event EventBridge would not accept.
+pub fn check_size(event: &Envelope) -> Result<(), BackendError> {
+    let size = event_size(event);
+    if size > MAX_EVENT_BYTES {
+        return Err(BackendError::Refused(format!(
+            "{} event is {size} bytes; EventBridge accepts at most {MAX_EVENT_BYTES}",
+            event.detail_type
+        )));
+    }
+    Ok(())
+}
+
 #[async_trait]
 pub trait EventBus: Send + Sync {
     /// Accepts the event for delivery (durably, when this returns Ok).
     async fn publish(&self, event: &Envelope) -> Result<(), BackendError>;
+    /// Accepts all of `events`, or says which could not be accepted.
+    async fn publish_batch(&self, events: &[Envelope]) -> Result<(), BackendError> {
+        for event in events {
+            self.publish(event).await?;
+        }
+        Ok(())
+    }
     async fn ping(&self) -> Result<(), BackendError>;
 }
 

@@ -1,5 +1,6 @@
 //! Where `putSecret` writes: Secrets Manager, or the local encrypted vault.
 
+pub mod aws;
 pub mod embedded;
 
 use async_trait::async_trait;

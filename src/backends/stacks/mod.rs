@@ -1,5 +1,6 @@
 //! Where `deployLambda` acts: CloudFormation, or the local stack registry.
 
+pub mod aws;
 pub mod embedded;
 
 use std::collections::BTreeMap;

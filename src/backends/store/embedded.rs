@@ -7,9 +7,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::{params, OptionalExtension, Transaction};
 
-use super::{Effect, QueuedEffect, Store, ThreadRef};
+use super::{Effect, EffectId, Execution, QueuedEffect, Store, ThreadRef};
 use crate::backends::sqlite::{now_millis, Database};
 use crate::backends::BackendError;
+use crate::domain::events::Envelope;
 use crate::domain::names::RequestId;
 use crate::domain::request::{Request, Status};
 
@@ -32,6 +33,16 @@ fn append_effects(tx: &Transaction<'_>, effects: &[Effect]) -> Result<(), Backen
         )?;
     }
     Ok(())
+}
+
+fn seq(id: &EffectId) -> Result<i64, BackendError> {
+    id.as_str()
+        .parse()
+        .map_err(|_| BackendError::Refused(format!("`{}` is not an outbox entry", id.as_str())))
+}
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
 fn decode_requests(rows: Vec<String>) -> Result<Vec<Request>, BackendError> {
@@ -164,7 +175,7 @@ impl Store for SqliteStore {
 
     async fn claim_once(&self, key: &str, ttl: Duration) -> Result<bool, BackendError> {
         let now = now_millis();
-        let expires_at = now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
+        let expires_at = now.saturating_add(millis(ttl));
         let conn = self.db.lock();
         conn.execute(
             "DELETE FROM dedupe WHERE key = ?1 AND expires_at <= ?2",
@@ -185,20 +196,69 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn due_effects(
+    async fn start_execution(
+        &self,
+        request_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Execution, BackendError> {
+        let conn = self.db.lock();
+        let inserted = conn.execute(
+            "INSERT OR IGNORE INTO executions (request_id, started_at) VALUES (?1, ?2)",
+            params![request_id, now.timestamp_millis()],
+        )?;
+        if inserted == 1 {
+            return Ok(Execution::Started);
+        }
+        let (started_at, completion): (i64, Option<String>) = conn.query_row(
+            "SELECT started_at, completion FROM executions WHERE request_id = ?1",
+            [request_id],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )?;
+        Ok(match completion {
+            Some(completion) => Execution::Finished(Box::new(serde_json::from_str(&completion)?)),
+            None => Execution::Running {
+                since: DateTime::from_timestamp_millis(started_at).unwrap_or(now),
+            },
+        })
+    }
+
+    async fn finish_execution(
+        &self,
+        request_id: &str,
+        completion: &Envelope,
+    ) -> Result<(), BackendError> {
+        self.db.lock().execute(
+            "UPDATE executions SET completion = ?1 WHERE request_id = ?2",
+            params![serde_json::to_string(completion)?, request_id],
+        )?;
+        Ok(())
+    }
+
+    async fn abandon_execution(&self, request_id: &str) -> Result<(), BackendError> {
+        self.db.lock().execute(
+            "DELETE FROM executions WHERE request_id = ?1 AND completion IS NULL",
+            [request_id],
+        )?;
+        Ok(())
+    }
+
+    async fn claim_due_effects(
         &self,
         now: DateTime<Utc>,
+        lease: Duration,
         limit: usize,
     ) -> Result<Vec<QueuedEffect>, BackendError> {
-        let conn = self.db.lock();
+        let leased_until = now.timestamp_millis().saturating_add(millis(lease));
+        let mut conn = self.db.lock();
+        let tx = conn.transaction()?;
         // Only the oldest live effect of a lane may run, and only when its time has come.
-        let mut statement = conn.prepare(
-            "SELECT seq, payload, attempts FROM outbox AS o
-             WHERE dead = 0 AND next_at <= ?1
-               AND seq = (SELECT MIN(seq) FROM outbox WHERE lane = o.lane AND dead = 0)
-             ORDER BY seq LIMIT ?2",
-        )?;
-        let rows = statement
+        let rows = tx
+            .prepare(
+                "SELECT seq, payload, attempts FROM outbox AS o
+                 WHERE dead = 0 AND next_at <= ?1
+                   AND seq = (SELECT MIN(seq) FROM outbox WHERE lane = o.lane AND dead = 0)
+                 ORDER BY seq LIMIT ?2",
+            )?
             .query_map(params![now.timestamp_millis(), limit as i64], |row| {
                 Ok((
                     row.get::<_, i64>(0)?,
@@ -209,12 +269,17 @@ impl Store for SqliteStore {
             .collect::<Result<Vec<_>, _>>()?;
         let mut due = Vec::with_capacity(rows.len());
         for (seq, payload, attempts) in rows {
+            tx.execute(
+                "UPDATE outbox SET next_at = ?1 WHERE seq = ?2",
+                params![leased_until, seq],
+            )?;
             due.push(QueuedEffect {
-                seq,
+                id: EffectId::new(seq.to_string()),
                 effect: serde_json::from_str(&payload)?,
                 attempts,
             });
         }
+        tx.commit()?;
         Ok(due)
     }
 
@@ -228,30 +293,30 @@ impl Store for SqliteStore {
         Ok(next.and_then(DateTime::from_timestamp_millis))
     }
 
-    async fn effect_done(&self, seq: i64) -> Result<(), BackendError> {
+    async fn effect_done(&self, id: &EffectId) -> Result<(), BackendError> {
         self.db
             .lock()
-            .execute("DELETE FROM outbox WHERE seq = ?1", [seq])?;
+            .execute("DELETE FROM outbox WHERE seq = ?1", [seq(id)?])?;
         Ok(())
     }
 
     async fn effect_retry(
         &self,
-        seq: i64,
+        id: &EffectId,
         at: DateTime<Utc>,
         error: &str,
     ) -> Result<(), BackendError> {
         self.db.lock().execute(
             "UPDATE outbox SET attempts = attempts + 1, next_at = ?1, last_error = ?2 WHERE seq = ?3",
-            params![at.timestamp_millis(), error, seq],
+            params![at.timestamp_millis(), error, seq(id)?],
         )?;
         Ok(())
     }
 
-    async fn effect_dead(&self, seq: i64, error: &str) -> Result<(), BackendError> {
+    async fn effect_dead(&self, id: &EffectId, error: &str) -> Result<(), BackendError> {
         self.db.lock().execute(
             "UPDATE outbox SET dead = 1, attempts = attempts + 1, last_error = ?1 WHERE seq = ?2",
-            params![error, seq],
+            params![error, seq(id)?],
         )?;
         Ok(())
     }
@@ -267,15 +332,5 @@ impl Store for SqliteStore {
 
     async fn ping(&self) -> Result<(), BackendError> {
         self.db.ping()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[tokio::test]
-    async fn sqlite_store_honours_the_store_contract() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = crate::backends::sqlite::Database::open(&dir.path().join("state.db")).unwrap();
-        super::super::contract::check(&super::SqliteStore::new(db)).await;
     }
 }

@@ -1,6 +1,7 @@
 //! The bot's state: requests (with their audit trail), chat thread references,
 //! dedupe keys and the outbox of effects still to be carried out.
 
+pub mod aws;
 pub mod embedded;
 
 use std::time::Duration;
@@ -10,6 +11,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::BackendError;
+use crate::domain::events::Envelope;
 use crate::domain::names::RequestId;
 use crate::domain::request::Request;
 
@@ -49,11 +51,36 @@ impl Effect {
     }
 }
 
+/// Names one queued effect in the store that holds it; opaque to everyone else.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct EffectId(String);
+
+impl EffectId {
+    pub fn new(id: String) -> Self {
+        Self(id)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueuedEffect {
-    pub seq: i64,
+    pub id: EffectId,
     pub effect: Effect,
     pub attempts: u32,
+}
+
+/// What the executor finds when it starts on a `requestId`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Execution {
+    /// Nobody has run it: this caller now owns it.
+    Started,
+    /// Another delivery started it at `since` and has not finished.
+    Running { since: DateTime<Utc> },
+    /// It ran; this is the completion that was published for it.
+    Finished(Box<Envelope>),
 }
 
 /// The chat message that holds a request's card; replies go in its thread.
@@ -89,27 +116,40 @@ pub trait Store: Send + Sync {
     async fn thread(&self, id: &RequestId) -> Result<Option<ThreadRef>, BackendError>;
     /// True for the first caller of `key` within `ttl`; false for every repeat.
     async fn claim_once(&self, key: &str, ttl: Duration) -> Result<bool, BackendError>;
+    /// Claims the execution of `request_id` for this caller, unless somebody has.
+    async fn start_execution(
+        &self,
+        request_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Execution, BackendError>;
+    /// Records the completion of an execution this caller started.
+    async fn finish_execution(
+        &self,
+        request_id: &str,
+        completion: &Envelope,
+    ) -> Result<(), BackendError>;
+    /// Gives an unfinished execution back (it did not happen), so a redelivery may run it.
+    async fn abandon_execution(&self, request_id: &str) -> Result<(), BackendError>;
     async fn enqueue(&self, effects: &[Effect]) -> Result<(), BackendError>;
-    /// The next effect of every lane whose turn has come.
-    async fn due_effects(
+    /// Leases the next effect of every lane whose turn has come: nobody else
+    /// gets them until `lease` has passed, unless they are settled sooner.
+    async fn claim_due_effects(
         &self,
         now: DateTime<Utc>,
+        lease: Duration,
         limit: usize,
     ) -> Result<Vec<QueuedEffect>, BackendError>;
     /// When the next effect will be due, if any is waiting.
     async fn next_effect_at(&self) -> Result<Option<DateTime<Utc>>, BackendError>;
-    async fn effect_done(&self, seq: i64) -> Result<(), BackendError>;
+    async fn effect_done(&self, id: &EffectId) -> Result<(), BackendError>;
     async fn effect_retry(
         &self,
-        seq: i64,
+        id: &EffectId,
         at: DateTime<Utc>,
         error: &str,
     ) -> Result<(), BackendError>;
     /// Gives up on an effect that can never succeed; it stays for operators to inspect.
-    async fn effect_dead(&self, seq: i64, error: &str) -> Result<(), BackendError>;
+    async fn effect_dead(&self, id: &EffectId, error: &str) -> Result<(), BackendError>;
     async fn outbox_depth(&self) -> Result<u64, BackendError>;
     async fn ping(&self) -> Result<(), BackendError>;
 }
-
-#[cfg(test)]
-pub mod contract;

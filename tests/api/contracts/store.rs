@@ -1,0 +1,239 @@
+//! The behaviour every `Store` implementation must show, run against SQLite
+//! and against DynamoDB on moto.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use devops_bot::backends::store::{Effect, Execution, Store, ThreadRef};
+use devops_bot::domain::events::Envelope;
+use devops_bot::domain::names::Person;
+use devops_bot::domain::names::{StackName, Stage};
+use devops_bot::domain::policy::Decision;
+use devops_bot::domain::request::{Action, Origin, Request, Status};
+use serde_json::json;
+
+use super::on_moto;
+
+const LEASE: Duration = Duration::from_secs(60);
+
+fn sample_request(user: &str) -> Request {
+    Request::new(
+        Action::DeployLambda {
+            stack: StackName::parse("cc-contract").unwrap(),
+        },
+        Stage::Dev,
+        Person {
+            platform: "slack".into(),
+            team_id: "T1".into(),
+            user_id: user.into(),
+            user_name: user.into(),
+        },
+        Origin {
+            platform: "slack".into(),
+            channel: "C1".into(),
+        },
+        Decision {
+            approvals_needed: 1,
+            approvers: vec!["*".into()],
+            self_approval: false,
+            expires_in_secs: 3600,
+        },
+        Utc::now(),
+    )
+}
+
+#[tokio::test]
+async fn sqlite_store_honours_the_store_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = devops_bot::backends::sqlite::Database::open(&dir.path().join("state.db")).unwrap();
+    check(&devops_bot::backends::store::embedded::SqliteStore::new(db)).await;
+}
+
+#[tokio::test]
+async fn dynamodb_store_honours_the_store_contract() {
+    let world = on_moto().await;
+    let client = aws_sdk_dynamodb::Client::new(&world.sdk);
+    check(&devops_bot::backends::store::aws::DynamoStore::new(
+        client,
+        crate::aws_world::TABLE,
+    ))
+    .await;
+}
+
+async fn check(store: &dyn Store) {
+    store.ping().await.unwrap();
+
+    // Requests round-trip and a second create of the same id is refused.
+    let request = sample_request("UCONTRACT");
+    let card = Effect::PostCard {
+        request_id: request.id.clone(),
+    };
+    store
+        .create_request(&request, std::slice::from_ref(&card))
+        .await
+        .unwrap();
+    assert!(store.create_request(&request, &[]).await.is_err());
+    assert_eq!(
+        store.request(&request.id).await.unwrap(),
+        Some(request.clone())
+    );
+    assert_eq!(store.pending_requests().await.unwrap().len(), 1);
+    assert_eq!(
+        store
+            .requests_by("slack:UCONTRACT", 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(store
+        .requests_by("slack:UOTHER", 10)
+        .await
+        .unwrap()
+        .is_empty());
+
+    // Two writers who read the same version: exactly one wins.
+    let mut first = request.clone();
+    first.status = Status::Rejected;
+    let mut second = request.clone();
+    second.status = Status::Approved;
+    let publish = Effect::Publish {
+        request_id: request.id.clone(),
+    };
+    assert!(store.update_request(&first, &[]).await.unwrap());
+    assert!(!store.update_request(&second, &[publish]).await.unwrap());
+    let stored = store.request(&request.id).await.unwrap().unwrap();
+    assert_eq!((stored.status, stored.version), (Status::Rejected, 1));
+
+    // Effects of one lane come one at a time, in order; other lanes are independent.
+    let reply = Effect::ThreadReply {
+        request_id: request.id.clone(),
+        text: "done".into(),
+    };
+    let other = Effect::Ephemeral {
+        platform: "slack".into(),
+        channel: "C1".into(),
+        user: "U2".into(),
+        text: "hi".into(),
+    };
+    store
+        .enqueue(&[reply.clone(), other.clone()])
+        .await
+        .unwrap();
+    assert_eq!(store.outbox_depth().await.unwrap(), 3);
+    let due = store
+        .claim_due_effects(Utc::now(), LEASE, 10)
+        .await
+        .unwrap();
+    let mut effects: Vec<_> = due.iter().map(|queued| queued.effect.clone()).collect();
+    effects.sort_by_key(|effect| effect.lane());
+    assert_eq!(effects, vec![card.clone(), other.clone()]);
+    // Claimed effects are leased: nobody else gets them meanwhile.
+    assert!(store
+        .claim_due_effects(Utc::now(), LEASE, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let due: Vec<_> = [card, other]
+        .iter()
+        .map(|effect| {
+            due.iter()
+                .find(|queued| &queued.effect == effect)
+                .unwrap()
+                .clone()
+        })
+        .collect();
+    let later = Utc::now() + chrono::Duration::seconds(30);
+    store
+        .effect_retry(&due[0].id, later, "rate limited")
+        .await
+        .unwrap();
+    store.effect_done(&due[1].id).await.unwrap();
+    assert!(store
+        .claim_due_effects(Utc::now(), LEASE, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store.next_effect_at().await.unwrap().is_some());
+    let retried = store.claim_due_effects(later, LEASE, 10).await.unwrap();
+    assert_eq!((retried.len(), retried[0].attempts), (1, 1));
+    store.effect_done(&retried[0].id).await.unwrap();
+    // A lease that runs out (its holder died) lets the effect be claimed again.
+    let next = store.claim_due_effects(later, LEASE, 10).await.unwrap();
+    assert_eq!(next[0].effect, reply);
+    let after_lease = later + chrono::Duration::from_std(LEASE).unwrap();
+    let again = store
+        .claim_due_effects(after_lease, LEASE, 10)
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].effect, reply);
+    store
+        .effect_dead(&again[0].id, "channel_not_found")
+        .await
+        .unwrap();
+    assert_eq!(store.outbox_depth().await.unwrap(), 0);
+    assert_eq!(store.next_effect_at().await.unwrap(), None);
+
+    // Threads and dedupe keys.
+    let thread = ThreadRef {
+        platform: "slack".into(),
+        channel: "C1".into(),
+        ts: "1.000100".into(),
+    };
+    store.set_thread(&request.id, &thread).await.unwrap();
+    assert_eq!(store.thread(&request.id).await.unwrap(), Some(thread));
+    assert!(store
+        .claim_once("k1", Duration::from_secs(60))
+        .await
+        .unwrap());
+    assert!(!store
+        .claim_once("k1", Duration::from_secs(60))
+        .await
+        .unwrap());
+    assert!(store
+        .claim_once("k2", Duration::from_millis(1))
+        .await
+        .unwrap());
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert!(store
+        .claim_once("k2", Duration::from_secs(60))
+        .await
+        .unwrap());
+
+    // Executions: the first start owns it, a repeat sees it running, then finished.
+    let completion = Envelope::new(
+        "devops.completed",
+        "devops.automation",
+        json!({"requestId": "r-1", "status": "success"}),
+    );
+    let now = Utc::now();
+    assert_eq!(
+        store.start_execution("r-1", now).await.unwrap(),
+        Execution::Started
+    );
+    assert!(matches!(
+        store.start_execution("r-1", now).await.unwrap(),
+        Execution::Running { .. }
+    ));
+    store.finish_execution("r-1", &completion).await.unwrap();
+    assert_eq!(
+        store.start_execution("r-1", now).await.unwrap(),
+        Execution::Finished(Box::new(completion.clone()))
+    );
+    // Abandoning a finished execution changes nothing; an unfinished one can start again.
+    store.abandon_execution("r-1").await.unwrap();
+    assert!(matches!(
+        store.start_execution("r-1", now).await.unwrap(),
+        Execution::Finished(_)
+    ));
+    assert_eq!(
+        store.start_execution("r-2", now).await.unwrap(),
+        Execution::Started
+    );
+    store.abandon_execution("r-2").await.unwrap();
+    assert_eq!(
+        store.start_execution("r-2", now).await.unwrap(),
+        Execution::Started
+    );
+}
