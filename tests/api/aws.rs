@@ -9,8 +9,11 @@ use serde_json::{json, Value};
 
 use crate::aws_world::AwsWorld;
 use crate::fake_slack::FakeSlack;
-use crate::flow::{deploy_flow, put_secret_flow, request_prod_secret, wait_for_call, SECRET_NAME};
-use crate::helpers::{devops_request, TestApp, EVENTS_API_KEY};
+use crate::flow::{
+    deploy_flow, put_secret_flow, request_prod_secret, wait_for_call, FLOW_SECRET_VALUE,
+    SECRET_NAME,
+};
+use crate::helpers::{captured_logs, devops_request, TestApp, EVENTS_API_KEY};
 
 const STACK: &str = "cc-agent-doc-registry-dev";
 

@@ -8,6 +8,8 @@ use serde_json::Value;
 use crate::helpers::{TestApp, CHANNEL, TEAM};
 
 pub const SECRET_NAME: &str = "/contentcraft/billing/stripe_key";
+/// The value `put_secret_flow` stores.
+pub const FLOW_SECRET_VALUE: &str = "sk_live_flow_0123456789";
 
 /// Waits until some call to `method` satisfies `check`, returning it.
 pub async fn wait_for_call(app: &TestApp, method: &str, check: impl Fn(&Value) -> bool) -> Value {
@@ -61,7 +63,7 @@ async fn put_secret_runs_from_command_to_thread_reply() {
 /// Command → modal → card → approve → devops.request → executor → secret
 /// stored → devops.completed → thread reply and final card; on any backend.
 pub async fn put_secret_flow(app: &mut TestApp) {
-    let value = "sk_live_flow_0123456789";
+    let value = FLOW_SECRET_VALUE;
     let (request_id, card_ts, card) = request_prod_secret(app, "UREQ", value).await;
 
     // The card shows action, target, stage, requester and expiry, and has both buttons.

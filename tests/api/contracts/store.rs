@@ -201,6 +201,21 @@ async fn check(store: &dyn Store) {
         .await
         .unwrap());
 
+    // Replicas claiming at the same moment: each effect goes to exactly one of them.
+    let contested = Effect::ThreadReply {
+        request_id: request.id.clone(),
+        text: "contested".into(),
+    };
+    store.enqueue(&[contested]).await.unwrap();
+    let at = after_lease + chrono::Duration::from_std(LEASE).unwrap();
+    let claims = (0..8).map(|_| store.claim_due_effects(at, LEASE, 10));
+    let claimed: usize = futures_util::future::join_all(claims)
+        .await
+        .into_iter()
+        .map(|claim| claim.unwrap().len())
+        .sum();
+    assert_eq!(claimed, 1, "one effect, claimed {claimed} times");
+
     // Executions: the first start owns it, a repeat sees it running, then finished.
     let completion = Envelope::new(
         "devops.completed",
