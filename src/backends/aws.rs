@@ -3,6 +3,7 @@
 //! [`BackendError`].
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_dynamodb::config::http::HttpResponse;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 
 use super::BackendError;
@@ -100,12 +101,19 @@ pub fn error_code<E: ProvideErrorMetadata, R>(error: &SdkError<E, R>) -> Option<
 }
 
 /// Classifies an SDK error: denied, missing, worth retrying, or refused as asked.
-pub fn classify<E, R>(operation: &str, error: SdkError<E, R>) -> BackendError
+pub fn classify<E>(operation: &str, error: SdkError<E, HttpResponse>) -> BackendError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    R: std::fmt::Debug + Send + Sync + 'static,
 {
     let (code, message) = match &error {
+        // An answer whose body is not the service's own format (a proxy's, an emulator's) still has its status.
+        SdkError::ServiceError(service)
+            if service.err().code().is_none() && service.raw().status().as_u16() == 403 =>
+        {
+            return BackendError::PermissionDenied(format!(
+                "{operation}: HTTP 403, access denied"
+            ));
+        }
         SdkError::ServiceError(service) => (
             service.err().code().unwrap_or_default().to_string(),
             service

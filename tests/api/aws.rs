@@ -310,3 +310,28 @@ async fn start_up_refuses_a_missing_table_and_names_the_fix() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn a_permission_aws_denies_is_named_in_the_completion() {
+    let world = AwsWorld::start_denying("secretsmanager:UpdateSecret").await;
+    world
+        .secrets()
+        .create_secret()
+        .name("/contentcraft/denied")
+        .secret_string("old")
+        .send()
+        .await
+        .unwrap();
+    let mut app = TestApp::spawn_on(&world, FakeSlack::start().await).await;
+    let id = uuid::Uuid::new_v4().to_string();
+    let envelope = devops_request("agent.CostSentinel", &id, "putSecret", json!({"name": "/contentcraft/denied", "value": "v"}));
+    assert_eq!(app.post_event(&envelope, Some(EVENTS_API_KEY)).await.status(), 200);
+    let completed = app.next_event("devops.completed").await;
+    assert_eq!(completed.detail["status"], "error");
+    let error = completed.detail["error"].as_str().unwrap();
+    assert!(
+        error.contains("Failed to put secret /contentcraft/denied: permission denied"),
+        "{error}"
+    );
+    assert_eq!(world.secret_value("/contentcraft/denied").await.as_deref(), Some("old"));
+}

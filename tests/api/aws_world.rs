@@ -25,6 +25,11 @@ pub struct Moto {
 
 impl Moto {
     pub async fn start() -> Moto {
+        Self::start_with(&[]).await
+    }
+
+    /// A moto server with these environment settings (e.g. IAM enforcement).
+    pub async fn start_with(env: &[(&str, &str)]) -> Moto {
         let program = std::env::var("DEVOPSBOT_TEST_MOTO_SERVER")
             .unwrap_or_else(|_| "moto_server".to_string());
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -34,6 +39,7 @@ impl Moto {
             .port();
         let child = Command::new(&program)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -67,6 +73,8 @@ impl Drop for Moto {
 pub struct AwsWorld {
     pub moto: Moto,
     pub sdk: SdkConfig,
+    access_key_id: String,
+    secret_access_key: String,
     queue_url: String,
     /// Every event EventBridge delivered, as the relay saw it.
     events: broadcast::Sender<Envelope>,
@@ -78,13 +86,58 @@ pub struct AwsWorld {
 impl AwsWorld {
     /// A fresh emulator with the bot's table and sealing key (made by `init-aws`), rules and relay.
     pub async fn start() -> Arc<AwsWorld> {
-        let moto = Moto::start().await;
+        let keys = ("testing".to_string(), "testing".to_string());
+        Self::start_on(Moto::start().await, keys).await
+    }
+
+    /// An emulator that enforces IAM, where the bot's user may do anything but `denied_action`.
+    pub async fn start_denying(denied_action: &str) -> Arc<AwsWorld> {
+        // moto lets the first three calls through unauthenticated: just enough to make the user.
+        let moto = Moto::start_with(&[("INITIAL_NO_AUTH_ACTION_COUNT", "3")]).await;
+        let policy = serde_json::json!({"Version": "2012-10-17", "Statement": [
+            {"Effect": "Allow", "Action": "*", "Resource": "*"},
+            {"Effect": "Deny", "Action": denied_action, "Resource": "*"}]});
+        let mut answers = Vec::new();
+        for form in [
+            vec![("Action", "CreateUser".to_string())],
+            vec![("Action", "CreateAccessKey".to_string())],
+            vec![
+                ("Action", "PutUserPolicy".to_string()),
+                ("PolicyName", "bot".to_string()),
+                ("PolicyDocument", policy.to_string()),
+            ],
+        ] {
+            let mut form = form;
+            form.extend([("UserName", "bot".to_string()), ("Version", "2010-05-08".to_string())]);
+            let answer = reqwest::Client::new()
+                .post(format!("{}/", moto.endpoint))
+                .header("authorization", "AWS4-HMAC-SHA256 Credential=setup/20261203/us-east-1/iam/aws4_request, SignedHeaders=host, Signature=0")
+                .form(&form)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            answers.push(answer);
+        }
+        let element = |name: &str| {
+            let text = &answers[1];
+            let start = text.find(&format!("<{name}>")).unwrap() + name.len() + 2;
+            let end = text.find(&format!("</{name}>")).unwrap();
+            text[start..end].to_string()
+        };
+        let keys = (element("AccessKeyId"), element("SecretAccessKey"));
+        Self::start_on(moto, keys).await
+    }
+
+    async fn start_on(moto: Moto, (access_key_id, secret_access_key): (String, String)) -> Arc<AwsWorld> {
         let settings = AwsSettings {
             region: Some("us-east-1".into()),
             endpoint_url: Some(moto.endpoint.clone()),
             static_keys: Some(StaticKeys {
-                access_key_id: "testing".into(),
-                secret_access_key: "testing".into(),
+                access_key_id: access_key_id.clone(),
+                secret_access_key: secret_access_key.clone(),
                 session_token: None,
             }),
             profile: None,
@@ -96,7 +149,11 @@ impl AwsWorld {
             .region(Region::new("us-east-1"))
             .endpoint_url(&moto.endpoint)
             .credentials_provider(aws_sdk_sqs::config::Credentials::new(
-                "testing", "testing", None, None, "tests",
+                access_key_id.clone(),
+                secret_access_key.clone(),
+                None,
+                None,
+                "tests",
             ))
             .load()
             .await;
@@ -153,6 +210,8 @@ impl AwsWorld {
         let world = Arc::new(AwsWorld {
             moto,
             sdk,
+            access_key_id,
+            secret_access_key,
             queue_url,
             events: broadcast::channel(1024).0,
             targets: Mutex::new(Vec::new()),
@@ -169,8 +228,8 @@ impl AwsWorld {
             ("DEVOPSBOT_TABLE", TABLE.into()),
             ("AWS_REGION", "us-east-1".into()),
             ("AWS_ENDPOINT_URL", self.moto.endpoint.clone()),
-            ("AWS_ACCESS_KEY_ID", "testing".into()),
-            ("AWS_SECRET_ACCESS_KEY", "testing".into()),
+            ("AWS_ACCESS_KEY_ID", self.access_key_id.clone()),
+            ("AWS_SECRET_ACCESS_KEY", self.secret_access_key.clone()),
         ]
     }
 
