@@ -110,9 +110,7 @@ where
         SdkError::ServiceError(service)
             if service.err().code().is_none() && service.raw().status().as_u16() == 403 =>
         {
-            return BackendError::PermissionDenied(format!(
-                "{operation}: HTTP 403, access denied"
-            ));
+            return BackendError::PermissionDenied(format!("{operation}: HTTP 403, access denied"));
         }
         SdkError::ServiceError(service) => (
             service.err().code().unwrap_or_default().to_string(),

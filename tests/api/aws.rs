@@ -49,6 +49,36 @@ async fn put_secret_runs_end_to_end_on_aws() {
         tags.contains(&"requestedBy=ChatOps".to_string()),
         "{tags:?}"
     );
+
+    // The value waited for approval sealed: no item of the bot's table, no
+    // log line and no metric holds it in plain text.
+    let items = aws_sdk_dynamodb::Client::new(&world.sdk)
+        .scan()
+        .table_name(crate::aws_world::TABLE)
+        .send()
+        .await
+        .unwrap();
+    assert!(items.count() > 0);
+    assert!(!format!("{:?}", items.items()).contains(FLOW_SECRET_VALUE));
+    assert!(!captured_logs().contains(FLOW_SECRET_VALUE));
+    let metrics = app
+        .http
+        .get(format!("{}/metrics", app.address))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!metrics.contains(FLOW_SECRET_VALUE));
+    // The reference's RequestCount and RequestLatency, by action.
+    assert!(
+        metrics.contains(
+            r#"devopsbot_executor_requests_total{action="putSecret",status="success"} 1"#
+        ),
+        "{metrics}"
+    );
+    assert!(metrics.contains(r#"devopsbot_executor_latency_seconds_count{action="putSecret"} 1"#));
 }
 
 #[tokio::test]
@@ -225,9 +255,29 @@ async fn a_redelivered_request_runs_once_and_gets_its_completion_again() {
 async fn two_replicas_on_one_table_decide_and_post_once() {
     let world = AwsWorld::start().await;
     let slack = FakeSlack::start().await;
-    let mut first = TestApp::spawn_on(&world, slack.clone()).await;
+    let first = TestApp::spawn_on(&world, slack.clone()).await;
     let second = TestApp::spawn_on(&world, slack.clone()).await;
+    replicas_decide_and_post_once(&world, &slack, first, second).await;
+}
 
+#[tokio::test]
+async fn two_replica_processes_on_one_moto_decide_and_post_once() {
+    let world = AwsWorld::start().await;
+    let slack = FakeSlack::start().await;
+    let first = TestApp::spawn_on(&world, slack.clone()).await;
+    let second = TestApp::spawn_process_on(&world, slack.clone()).await;
+    replicas_decide_and_post_once(&world, &slack, first, second).await;
+}
+
+/// Clicks reach both replicas at once, events are delivered to either in
+/// turn, both run outbox workers: one transition, one request, one execution,
+/// one card, one reply.
+async fn replicas_decide_and_post_once(
+    world: &AwsWorld,
+    slack: &FakeSlack,
+    mut first: TestApp,
+    second: TestApp,
+) {
     let (request_id, card_ts, _) = request_prod_secret(&first, "UREQ", "sk_live_replicas").await;
     // Two approvers click at once, each reaching another replica; Slack retries one click.
     let boss = TestApp::click_payload("UBOSS", "approve", &request_id, &card_ts);
@@ -324,8 +374,18 @@ async fn a_permission_aws_denies_is_named_in_the_completion() {
         .unwrap();
     let mut app = TestApp::spawn_on(&world, FakeSlack::start().await).await;
     let id = uuid::Uuid::new_v4().to_string();
-    let envelope = devops_request("agent.CostSentinel", &id, "putSecret", json!({"name": "/contentcraft/denied", "value": "v"}));
-    assert_eq!(app.post_event(&envelope, Some(EVENTS_API_KEY)).await.status(), 200);
+    let envelope = devops_request(
+        "agent.CostSentinel",
+        &id,
+        "putSecret",
+        json!({"name": "/contentcraft/denied", "value": "v"}),
+    );
+    assert_eq!(
+        app.post_event(&envelope, Some(EVENTS_API_KEY))
+            .await
+            .status(),
+        200
+    );
     let completed = app.next_event("devops.completed").await;
     assert_eq!(completed.detail["status"], "error");
     let error = completed.detail["error"].as_str().unwrap();
@@ -333,5 +393,8 @@ async fn a_permission_aws_denies_is_named_in_the_completion() {
         error.contains("Failed to put secret /contentcraft/denied: permission denied"),
         "{error}"
     );
-    assert_eq!(world.secret_value("/contentcraft/denied").await.as_deref(), Some("old"));
+    assert_eq!(
+        world.secret_value("/contentcraft/denied").await.as_deref(),
+        Some("old")
+    );
 }

@@ -108,7 +108,10 @@ impl AwsWorld {
             ],
         ] {
             let mut form = form;
-            form.extend([("UserName", "bot".to_string()), ("Version", "2010-05-08".to_string())]);
+            form.extend([
+                ("UserName", "bot".to_string()),
+                ("Version", "2010-05-08".to_string()),
+            ]);
             let answer = reqwest::Client::new()
                 .post(format!("{}/", moto.endpoint))
                 .header("authorization", "AWS4-HMAC-SHA256 Credential=setup/20261203/us-east-1/iam/aws4_request, SignedHeaders=host, Signature=0")
@@ -131,7 +134,10 @@ impl AwsWorld {
         Self::start_on(moto, keys).await
     }
 
-    async fn start_on(moto: Moto, (access_key_id, secret_access_key): (String, String)) -> Arc<AwsWorld> {
+    async fn start_on(
+        moto: Moto,
+        (access_key_id, secret_access_key): (String, String),
+    ) -> Arc<AwsWorld> {
         let settings = AwsSettings {
             region: Some("us-east-1".into()),
             endpoint_url: Some(moto.endpoint.clone()),

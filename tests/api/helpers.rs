@@ -95,6 +95,7 @@ pub struct TestApp {
     /// The embedded backends, or the emulated AWS account the app runs on.
     pub embedded: Option<devops_bot::backends::open::Embedded>,
     pub aws: Option<Arc<AwsWorld>>,
+    process: Option<Replica>,
     stop: Option<oneshot::Sender<()>>,
     served: Option<tokio::task::JoinHandle<()>>,
 }
@@ -113,10 +114,26 @@ impl TestApp {
 
     /// The configuration an app of this test gets.
     pub fn config(slack: &FakeSlack, data_dir: &std::path::Path, aws: Option<&AwsWorld>) -> Config {
+        let vars = Self::environment(slack, data_dir, aws, "127.0.0.1:0");
+        Config::from_env(|name| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.clone())
+        })
+        .expect("test configuration is valid")
+    }
+
+    /// The environment of an app of this test, listening on `listen`.
+    fn environment(
+        slack: &FakeSlack,
+        data_dir: &std::path::Path,
+        aws: Option<&AwsWorld>,
+        listen: &str,
+    ) -> Vec<(&'static str, String)> {
         let policy = data_dir.join("devops-bot.toml");
         std::fs::write(&policy, POLICY).expect("write policy");
         let mut vars = vec![
-            ("DEVOPSBOT_LISTEN", "127.0.0.1:0".to_string()),
+            ("DEVOPSBOT_LISTEN", listen.to_string()),
             (
                 "DEVOPSBOT_DATA_DIR",
                 data_dir.join("data").display().to_string(),
@@ -130,12 +147,58 @@ impl TestApp {
         if let Some(world) = aws {
             vars.extend(world.vars());
         }
-        Config::from_env(|name| {
-            vars.iter()
-                .find(|(k, _)| *k == name)
-                .map(|(_, v)| v.clone())
-        })
-        .expect("test configuration is valid")
+        vars
+    }
+
+    /// The built `devops-bot` binary as its own process on `world`: a real
+    /// second replica, sharing nothing with this one but AWS and Slack.
+    pub async fn spawn_process_on(world: &Arc<AwsWorld>, slack: FakeSlack) -> TestApp {
+        let data_dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let listen = format!("127.0.0.1:{port}");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_devops-bot"))
+            .arg("serve")
+            .envs(Self::environment(
+                &slack,
+                data_dir.path(),
+                Some(world),
+                &listen,
+            ))
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("the devops-bot binary starts");
+        let process = Replica(child);
+        let address = format!("http://{listen}");
+        let http = reqwest::Client::new();
+        for _ in 0..200 {
+            if http
+                .get(format!("{address}/readyz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        world.add_target(&address);
+        TestApp {
+            address,
+            slack,
+            data_dir,
+            http,
+            app_events: world.subscribe(),
+            embedded: None,
+            aws: Some(world.clone()),
+            process: Some(process),
+            stop: None,
+            served: None,
+        }
     }
 
     async fn start(
@@ -172,6 +235,7 @@ impl TestApp {
             app_events,
             embedded,
             aws,
+            process: None,
             stop: Some(stop),
             served: Some(served),
         }
@@ -208,6 +272,7 @@ impl TestApp {
         if let Some(world) = &self.aws {
             world.remove_target(&self.address);
         }
+        self.process.take();
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -410,6 +475,16 @@ pub fn request_id_of(card: &Value) -> String {
     let text = card.to_string();
     let at = text.find("Request ").expect("card names its request") + "Request ".len();
     text[at..at + 36].to_string()
+}
+
+/// An app running as its own process, killed with the test.
+struct Replica(std::process::Child);
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 impl Drop for TestApp {
