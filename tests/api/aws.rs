@@ -398,3 +398,139 @@ async fn a_permission_aws_denies_is_named_in_the_completion() {
         Some("old")
     );
 }
+
+#[tokio::test]
+async fn init_aws_creates_what_is_missing_and_leaves_the_rest() {
+    let moto = crate::aws_world::Moto::start().await;
+    let run = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_devops-bot"))
+            .arg("init-aws")
+            .env_clear()
+            .envs([
+                ("AWS_REGION", "us-east-1"),
+                ("AWS_ENDPOINT_URL", moto.endpoint.as_str()),
+                ("AWS_ACCESS_KEY_ID", "testing"),
+                ("AWS_SECRET_ACCESS_KEY", "testing"),
+                ("DEVOPSBOT_TABLE", "devops-bot-init"),
+            ])
+            .output()
+            .unwrap()
+    };
+    let first = run();
+    let said = String::from_utf8_lossy(&first.stdout).to_string();
+    assert!(
+        first.status.success(),
+        "{said} {}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert!(
+        said.contains("created DynamoDB table devops-bot-init"),
+        "{said}"
+    );
+    let second = run();
+    let said = String::from_utf8_lossy(&second.stdout).to_string();
+    assert!(second.status.success());
+    assert!(said.contains("devops-bot-init already exists"), "{said}");
+}
+
+/// A wire-level stand-in for EventBridge that refuses chosen entries, since
+/// moto never answers `PutEvents` with a partial failure.
+async fn flaky_eventbridge(
+    refuse: impl Fn(usize, &serde_json::Value) -> bool + Send + Sync + 'static,
+) -> (String, std::sync::Arc<std::sync::Mutex<Vec<Vec<String>>>>) {
+    let calls = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Vec<String>>::new()));
+    let seen = calls.clone();
+    let refuse = std::sync::Arc::new(refuse);
+    let app = axum::Router::new().route(
+        "/",
+        axum::routing::post(move |body: String| {
+            let (seen, refuse) = (seen.clone(), refuse.clone());
+            async move {
+                let request: Value = serde_json::from_str(&body).unwrap();
+                let entries = request["Entries"].as_array().unwrap().clone();
+                let call = {
+                    let mut seen = seen.lock().unwrap();
+                    seen.push(
+                        entries
+                            .iter()
+                            .map(|entry| entry["Detail"].as_str().unwrap().to_string())
+                            .collect(),
+                    );
+                    seen.len()
+                };
+                let results: Vec<Value> = entries
+                    .iter()
+                    .enumerate()
+                    .map(|(n, entry)| {
+                        if refuse(call, entry) {
+                            json!({"ErrorCode": "InternalFailure", "ErrorMessage": "try again"})
+                        } else {
+                            json!({"EventId": format!("event-{call}-{n}")})
+                        }
+                    })
+                    .collect();
+                let failed = results
+                    .iter()
+                    .filter(|result| result.get("ErrorCode").is_some())
+                    .count();
+                (
+                    [("content-type", "application/x-amz-json-1.1")],
+                    json!({"FailedEntryCount": failed, "Entries": results}).to_string(),
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (address, calls)
+}
+
+async fn bus_at(endpoint: &str) -> devops_bot::backends::bus::aws::EventBridgeBus {
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .credentials_provider(aws_sdk_eventbridge::config::Credentials::new(
+            "testing", "testing", None, None, "tests",
+        ))
+        .load()
+        .await;
+    devops_bot::backends::bus::aws::EventBridgeBus::new(
+        aws_sdk_eventbridge::Client::new(&sdk),
+        "default",
+    )
+}
+
+fn numbered(n: usize) -> devops_bot::domain::events::Envelope {
+    devops_bot::domain::events::Envelope::new(
+        "devops.completed",
+        "devops.automation",
+        json!({"n": n}),
+    )
+}
+
+#[tokio::test]
+async fn eventbridge_partial_failures_resend_just_the_failed_entries() {
+    use devops_bot::backends::bus::EventBus;
+    // The first answer refuses the second entry of the batch; later answers accept all.
+    let (endpoint, calls) =
+        flaky_eventbridge(|call, entry| call == 1 && entry["Detail"] == r#"{"n":1}"#).await;
+    let bus = bus_at(&endpoint).await;
+    let events: Vec<_> = (0..12).map(numbered).collect();
+    bus.publish_batch(&events).await.unwrap();
+    let calls = calls.lock().unwrap().clone();
+    assert_eq!(
+        calls.iter().map(Vec::len).collect::<Vec<_>>(),
+        vec![10, 1, 2],
+        "{calls:?}"
+    );
+    assert_eq!(calls[1], vec![r#"{"n":1}"#.to_string()]);
+
+    // An entry refused every time is reported, not dropped.
+    let (endpoint, _) = flaky_eventbridge(|_, entry| entry["Detail"] == r#"{"n":0}"#).await;
+    let refused = bus_at(&endpoint).await.publish(&numbered(0)).await;
+    assert!(
+        matches!(&refused, Err(devops_bot::backends::BackendError::Unavailable(message)) if message.contains("did not accept 1 event(s)")),
+        "{refused:?}"
+    );
+}
