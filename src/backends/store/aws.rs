@@ -56,6 +56,21 @@ fn n(value: i64) -> AttributeValue {
     AttributeValue::N(value.to_string())
 }
 
+/// Whether a conditional write happened: false when its condition did not hold.
+fn written<T, E>(
+    operation: &str,
+    result: Result<T, SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>>,
+) -> Result<bool, BackendError>
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    match result {
+        Ok(_) => Ok(true),
+        Err(error) if error_code(&error) == Some("ConditionalCheckFailedException") => Ok(false),
+        Err(error) => Err(classify(operation, error)),
+    }
+}
+
 fn damaged(what: &str) -> BackendError {
     BackendError::Unavailable(format!("stored data is damaged: {what}"))
 }
@@ -296,15 +311,14 @@ impl DynamoStore {
             .expression_attribute_values(":seen", n(seen))
             .send()
             .await;
-        match claimed {
-            Ok(_) => Ok(Some(QueuedEffect {
-                id: effect_id(lane, &seq),
-                effect: serde_json::from_str(text(&head, "payload")?)?,
-                attempts: u32::try_from(number(&head, "attempts")?).unwrap_or(u32::MAX),
-            })),
-            Err(error) if error_code(&error) == Some("ConditionalCheckFailedException") => Ok(None),
-            Err(error) => Err(classify("DynamoDB UpdateItem", error)),
+        if !written("DynamoDB UpdateItem", claimed)? {
+            return Ok(None);
         }
+        Ok(Some(QueuedEffect {
+            id: effect_id(lane, &seq),
+            effect: serde_json::from_str(text(&head, "payload")?)?,
+            attempts: u32::try_from(number(&head, "attempts")?).unwrap_or(u32::MAX),
+        }))
     }
 
     /// Creates the table with its indexes and TTL, for a dev account.
@@ -553,13 +567,7 @@ impl Store for DynamoStore {
             .expression_attribute_values(":now", n(now))
             .send()
             .await;
-        match claimed {
-            Ok(_) => Ok(true),
-            Err(error) if error_code(&error) == Some("ConditionalCheckFailedException") => {
-                Ok(false)
-            }
-            Err(error) => Err(classify("DynamoDB PutItem", error)),
-        }
+        written("DynamoDB PutItem", claimed)
     }
 
     async fn start_execution(
@@ -578,10 +586,8 @@ impl Store for DynamoStore {
             .condition_expression("attribute_not_exists(PK)")
             .send()
             .await;
-        match started {
-            Ok(_) => return Ok(Execution::Started),
-            Err(error) if error_code(&error) == Some("ConditionalCheckFailedException") => {}
-            Err(error) => return Err(classify("DynamoDB PutItem", error)),
+        if written("DynamoDB PutItem", started)? {
+            return Ok(Execution::Started);
         }
         let Some(existing) = self.get(key(format!("EXEC#{request_id}"), "EXEC")).await? else {
             // Abandoned between our write and our read: the next delivery may take it.
@@ -623,11 +629,8 @@ impl Store for DynamoStore {
             .condition_expression("attribute_not_exists(completion)")
             .send()
             .await;
-        match abandoned {
-            Ok(_) => Ok(()),
-            Err(error) if error_code(&error) == Some("ConditionalCheckFailedException") => Ok(()),
-            Err(error) => Err(classify("DynamoDB DeleteItem", error)),
-        }
+        // Finished meanwhile: then there is nothing to give back.
+        written("DynamoDB DeleteItem", abandoned).map(|_| ())
     }
 
     async fn enqueue(&self, effects: &[Effect]) -> Result<(), BackendError> {
@@ -731,12 +734,8 @@ impl Store for DynamoStore {
             .expression_attribute_values(":error", s(error))
             .send()
             .await;
-        match updated {
-            Ok(_) => Ok(()),
-            // Settled by another replica after our lease ran out.
-            Err(error) if error_code(&error) == Some("ConditionalCheckFailedException") => Ok(()),
-            Err(error) => Err(classify("DynamoDB UpdateItem", error)),
-        }
+        // Not written when another replica settled it after our lease ran out.
+        written("DynamoDB UpdateItem", updated).map(|_| ())
     }
 
     async fn effect_dead(&self, id: &EffectId, error: &str) -> Result<(), BackendError> {
