@@ -9,7 +9,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
@@ -19,11 +19,7 @@ use axum::routing::any;
 use axum::{Json, Router};
 use serde_json::{json, Map, Value};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-
-/// How often `wait_for_calls` looks again; short enough to keep tests fast,
-/// long enough not to spin on a two-core machine.
-const POLL_INTERVAL: Duration = Duration::from_millis(20);
+use tokio::sync::{oneshot, Notify};
 
 const BOT_USER_ID: &str = "U0FAKEBOT";
 const BOT_ID: &str = "B0FAKEBOT";
@@ -36,6 +32,8 @@ pub struct FakeSlack {
     /// What to pass to `with_slack_api_url`, e.g. `http://127.0.0.1:PORT/api`.
     pub base_url: String,
     state: Arc<Mutex<Recorder>>,
+    /// Signalled after every recorded call, so waiters wake at once.
+    arrived: Arc<Notify>,
     /// Never sent on: dropping it resolves the server's shutdown signal, so a
     /// finished test does not leave a listener behind.
     _shutdown: Arc<oneshot::Sender<()>>,
@@ -51,6 +49,9 @@ pub struct SlackCall {
     pub body: Value,
     /// The bearer token from the `Authorization` header.
     pub token: Option<String>,
+    /// When the server received it, for `benches/load.rs` (which includes this file).
+    #[allow(dead_code)]
+    pub received: Instant,
 }
 
 /// A way for the next calls to a method to fail, as Slack can.
@@ -76,9 +77,10 @@ impl FakeSlack {
             .local_addr()
             .expect("read the fake Slack listener address");
         let state = Arc::new(Mutex::new(Recorder::default()));
+        let arrived = Arc::new(Notify::new());
         let app = Router::new()
             .route("/api/{method}", any(handle))
-            .with_state(Arc::clone(&state));
+            .with_state((Arc::clone(&state), Arc::clone(&arrived)));
         let (shutdown, stopped) = oneshot::channel::<()>();
         tokio::spawn(async move {
             let server = axum::serve(listener, app).with_graceful_shutdown(async move {
@@ -92,6 +94,7 @@ impl FakeSlack {
         FakeSlack {
             base_url: format!("http://{address}/api"),
             state,
+            arrived,
             _shutdown: Arc::new(shutdown),
         }
     }
@@ -137,9 +140,8 @@ impl FakeSlack {
         self.lock().answered_bodies(method)
     }
 
-    /// Waits (polling every 20 ms) until `count` successful calls to `method`
-    /// exist, returns their bodies; panics with a message listing all calls
-    /// seen if `timeout` elapses.
+    /// Waits until `count` successful calls to `method` exist, returns their
+    /// bodies; panics with a message listing all calls seen if `timeout` elapses.
     ///
     /// The app talks to Slack from background tasks, so tests cannot know when
     /// a message has gone out. All bodies are returned, so a test that expects
@@ -152,6 +154,8 @@ impl FakeSlack {
     ) -> Vec<Value> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
+            // Registered before looking, so a call arriving in between still wakes us.
+            let arrived = self.arrived.notified();
             let bodies = self.calls_to(method);
             if bodies.len() >= count {
                 return bodies;
@@ -164,8 +168,38 @@ impl FakeSlack {
                     self.lock().describe_attempts()
                 );
             }
-            tokio::time::sleep(POLL_INTERVAL).await;
+            let _ = tokio::time::timeout_at(deadline, arrived).await;
         }
+    }
+
+    /// Waits until a successful call to `method` satisfies `check` and returns
+    /// it with Slack's reply, or None once `timeout` elapses.
+    pub async fn wait_for_call(
+        &self,
+        method: &str,
+        check: impl Fn(&Value) -> bool,
+        timeout: Duration,
+    ) -> Option<(SlackCall, Value)> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let arrived = self.arrived.notified();
+            let found = self.lock().attempts.iter().find_map(|attempt| {
+                (attempt.answered && attempt.call.method == method && check(&attempt.call.body))
+                    .then(|| (attempt.call.clone(), attempt.reply.clone()))
+            });
+            if found.is_some() {
+                return found;
+            }
+            tokio::time::timeout_at(deadline, arrived).await.ok()?;
+        }
+    }
+
+    /// Forgets the calls recorded so far (the messages stay, so their `ts`
+    /// can still be updated), keeping later waits short after a load in
+    /// `benches/load.rs`.
+    #[allow(dead_code)]
+    pub fn forget_calls(&self) {
+        self.lock().attempts.clear();
     }
 
     /// The next `times` calls to `method` fail in the given way, then calls
@@ -248,7 +282,7 @@ type MethodResult = Result<Value, &'static str>;
 /// The single route: every Web API method is `POST /api/{method}` (slack-morphism
 /// also uses GET with query parameters for a few read methods).
 async fn handle(
-    State(state): State<Arc<Mutex<Recorder>>>,
+    State((state, arrived)): State<(Arc<Mutex<Recorder>>, Arc<Notify>)>,
     Path(method): Path<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
@@ -259,9 +293,11 @@ async fn handle(
         method,
         body: request.body,
         token: bearer_token(&headers),
+        received: Instant::now(),
     };
-    let mut recorder = lock(&state);
-    recorder.respond(call, request.raw, request.error)
+    let response = lock(&state).respond(call, request.raw, request.error);
+    arrived.notify_waiters();
+    response
 }
 
 impl Recorder {

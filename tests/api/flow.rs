@@ -13,18 +13,14 @@ pub const FLOW_SECRET_VALUE: &str = "sk_live_flow_0123456789";
 
 /// Waits until some call to `method` satisfies `check`, returning it.
 pub async fn wait_for_call(app: &TestApp, method: &str, check: impl Fn(&Value) -> bool) -> Value {
-    for _ in 0..500 {
-        if let Some(call) = app
-            .slack
-            .calls_to(method)
-            .into_iter()
-            .find(|call| check(call))
-        {
-            return call;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    match app
+        .slack
+        .wait_for_call(method, check, Duration::from_secs(10))
+        .await
+    {
+        Some((call, _)) => call.body,
+        None => panic!("no matching {method} call; calls: {:?}", app.slack.calls()),
     }
-    panic!("no matching {method} call; calls: {:?}", app.slack.calls());
 }
 
 /// Asks for a prod secret through command and modal; returns (request id, card ts, card).
