@@ -511,10 +511,7 @@ async fn bench(args: Args) {
         "not-the-signing-secret",
         &slash_command("UFORGER", "help"),
     );
-    let flood = Load {
-        connections: args.connections,
-        ..load(u64::MAX, 401, false, Arc::new(move |_| forged.clone()))
-    };
+    let flood = load(u64::MAX, 401, false, Arc::new(move |_| forged.clone()));
     let genuine = Load {
         connections: (args.connections / 4).max(1),
         ..load(u64::MAX, 200, false, help_request)
