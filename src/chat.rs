@@ -12,6 +12,9 @@ use serde_json::Value;
 pub struct ChatMessage {
     pub text: String,
     pub card: Option<Value>,
+    /// Travels with the posted message, so that after an attempt whose
+    /// outcome is unknown the message can be found instead of posted twice.
+    pub key: Option<String>,
 }
 
 impl ChatMessage {
@@ -19,7 +22,13 @@ impl ChatMessage {
         Self {
             text: text.into(),
             card: None,
+            key: None,
         }
+    }
+
+    pub fn keyed(mut self, key: impl Into<String>) -> Self {
+        self.key = Some(key.into());
+        self
     }
 }
 
@@ -42,6 +51,15 @@ pub trait ChatPlatform: Send + Sync {
         thread_ts: Option<&str>,
         message: &ChatMessage,
     ) -> Result<String, ChatError>;
+    /// The ts of `message` if it is already in `channel` (in the thread
+    /// `thread_ts` if given): a message carrying its key, or, in a thread,
+    /// one of the bot's own with its exact text.
+    async fn find_posted(
+        &self,
+        channel: &str,
+        thread_ts: Option<&str>,
+        message: &ChatMessage,
+    ) -> Result<Option<String>, ChatError>;
     async fn update(&self, channel: &str, ts: &str, message: &ChatMessage)
         -> Result<(), ChatError>;
     async fn ephemeral(&self, channel: &str, user: &str, text: &str) -> Result<(), ChatError>;

@@ -74,6 +74,39 @@ fn chat_failure(error: ChatError, attempts: u32) -> Failed {
     }
 }
 
+/// Posts `message` once: an effect that was tried before may have reached
+/// the channel without its answer reaching us (a crash, a timeout, a dropped
+/// connection), so it is looked for before it is posted again.
+async fn post_once(
+    platform: &dyn ChatPlatform,
+    channel: &str,
+    thread_ts: Option<&str>,
+    message: &ChatMessage,
+    queued: &QueuedEffect,
+) -> Result<String, Failed> {
+    if queued.interrupted || queued.attempts > 0 {
+        match platform.find_posted(channel, thread_ts, message).await {
+            Ok(Some(ts)) => {
+                tracing::info!(
+                    effect = kind(&queued.effect),
+                    "outbox: an earlier attempt had posted the message; not posting it again"
+                );
+                return Ok(ts);
+            }
+            Ok(None) => {}
+            // Without the history scope it cannot look; posting again beats never posting.
+            Err(ChatError::Permanent(reason)) => {
+                tracing::warn!(effect = kind(&queued.effect), %reason, "outbox: cannot check whether an earlier attempt posted; posting");
+            }
+            Err(error) => return Err(chat_failure(error, queued.attempts)),
+        }
+    }
+    platform
+        .post(channel, thread_ts, message)
+        .await
+        .map_err(|error| chat_failure(error, queued.attempts))
+}
+
 fn kind(effect: &Effect) -> &'static str {
     match effect {
         Effect::Publish { .. } => "publish",
@@ -199,6 +232,7 @@ impl Delivery {
                 request.status.as_str()
             ),
             card: Some(card),
+            key: None,
         })
     }
 
@@ -243,10 +277,15 @@ impl Delivery {
                         .await
                         .map_err(|error| chat_failure(error, attempts)),
                     (None, Effect::PostCard { .. }) => {
-                        let ts = platform
-                            .post(&request.origin.channel, None, &message)
-                            .await
-                            .map_err(|error| chat_failure(error, attempts))?;
+                        let message = message.keyed(format!("card:{request_id}"));
+                        let ts = post_once(
+                            platform.as_ref(),
+                            &request.origin.channel,
+                            None,
+                            &message,
+                            queued,
+                        )
+                        .await?;
                         let thread = ThreadRef {
                             platform: request.origin.platform.clone(),
                             channel: request.origin.channel.clone(),
@@ -263,15 +302,17 @@ impl Delivery {
                 };
                 let thread = self.thread(&request, attempts).await?;
                 let platform = self.platform(&thread.platform)?;
-                platform
-                    .post(
-                        &thread.channel,
-                        Some(&thread.ts),
-                        &ChatMessage::text(text.clone()),
-                    )
-                    .await
-                    .map(|_| ())
-                    .map_err(|error| chat_failure(error, attempts))
+                let message = ChatMessage::text(text.clone())
+                    .keyed(format!("reply:{request_id}:{}", queued.id.as_str()));
+                post_once(
+                    platform.as_ref(),
+                    &thread.channel,
+                    Some(&thread.ts),
+                    &message,
+                    queued,
+                )
+                .await
+                .map(|_| ())
             }
             Effect::Ephemeral {
                 platform,

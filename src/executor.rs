@@ -32,6 +32,10 @@ pub struct Executor {
     pub secrets: Arc<dyn SecretsBackend>,
     pub stacks: Arc<dyn StacksBackend>,
     pub metrics: Arc<Metrics>,
+    /// Set when this process is the only executor of its store (embedded):
+    /// an execution left unfinished from before it started was cut off by a
+    /// crash, and need not wait out `INTERRUPTED_AFTER`.
+    pub sole_executor_since: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// Why a request was not performed.
@@ -169,6 +173,17 @@ impl Executor {
 }
 
 impl Executor {
+    fn was_interrupted(
+        &self,
+        since: chrono::DateTime<chrono::Utc>,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> bool {
+        now - since >= INTERRUPTED_AFTER
+            || self
+                .sole_executor_since
+                .is_some_and(|started| since < started)
+    }
+
     async fn completion_for(
         &self,
         request_id: &str,
@@ -237,7 +252,7 @@ impl EventHandler for Executor {
                 tracing::info!(%request_id, "devops.request delivered again; re-publishing its completion");
                 *completion
             }
-            Execution::Running { since } if now - since < INTERRUPTED_AFTER => {
+            Execution::Running { since } if !self.was_interrupted(since, now) => {
                 return Err(BackendError::Unavailable(format!(
                     "request {request_id} is being executed by another delivery since {since}"
                 )));

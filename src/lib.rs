@@ -94,6 +94,7 @@ impl Application {
             secrets: secrets.clone(),
             stacks: stacks.clone(),
             metrics: metrics.clone(),
+            sole_executor_since: embedded.is_some().then(chrono::Utc::now),
         });
         let routes = Routes::default()
             .route(

@@ -2,8 +2,9 @@
 //! completions as conditional writes, and answers status questions. Every
 //! state change and the effects it causes are written together.
 
+use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::Utc;
@@ -17,6 +18,43 @@ use crate::domain::names::{Person, RequestId, Stage};
 use crate::domain::policy::Policy;
 use crate::domain::request::{Action, ActionKind, Origin, Outcome, Refusal, Request, Status};
 use crate::domain::secret::{SealError, Sealer, SecretValue};
+
+/// How long a request or a click waits for a store that cannot be reached
+/// before it is dropped with a message; Slack's `response_url`, which
+/// carries the late answer, works for 30 minutes.
+const HOLD_AT_MOST: Duration = Duration::from_secs(25 * 60);
+const FIRST_RETRY: Duration = Duration::from_millis(250);
+const LONGEST_RETRY: Duration = Duration::from_secs(10);
+
+/// Runs `attempt` again while the store cannot be reached (up to
+/// `HOLD_AT_MOST`); `on_hold` hears of the first such failure, so the person
+/// is told of the delay at once.
+async fn hold_while_unreachable<T, Fut>(
+    mut attempt: impl FnMut(bool) -> Fut,
+    on_hold: impl FnOnce(),
+) -> Result<T, RequestError>
+where
+    Fut: Future<Output = Result<T, RequestError>>,
+{
+    let started = Instant::now();
+    let mut on_hold = Some(on_hold);
+    let mut wait = FIRST_RETRY;
+    loop {
+        match attempt(on_hold.is_none()).await {
+            Err(RequestError::Backend(BackendError::Unavailable(reason)))
+                if started.elapsed() < HOLD_AT_MOST =>
+            {
+                if let Some(tell) = on_hold.take() {
+                    tell();
+                }
+                tracing::warn!(%reason, retry_in_ms = wait.as_millis() as u64, "the store cannot be reached; holding on to the request");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(LONGEST_RETRY);
+            }
+            other => return other,
+        }
+    }
+}
 
 /// How a chat click or command failed, told to the person.
 #[derive(Debug, thiserror::Error)]
@@ -94,12 +132,15 @@ impl RequestService {
             .map_err(RequestError::Refused)
     }
 
+    /// Creates the request under policy. While the store cannot be reached
+    /// the request is held and tried again; `on_hold` hears of it once.
     pub async fn submit(
         &self,
         action: NewAction,
         stage: Stage,
         requester: Person,
         origin: Origin,
+        on_hold: impl FnOnce(),
     ) -> Result<Request, RequestError> {
         let action = match action {
             NewAction::PutSecret {
@@ -126,19 +167,48 @@ impl RequestService {
                 request_id: request.id.clone(),
             });
         }
-        self.store.create_request(&request, &effects).await?;
+        hold_while_unreachable(
+            |retrying| {
+                let (request, effects) = (&request, &effects);
+                async move {
+                    match self.store.create_request(request, effects).await {
+                        // An attempt whose answer was lost had stored it.
+                        Err(BackendError::Refused(_))
+                            if retrying && self.store.request(&request.id).await?.is_some() =>
+                        {
+                            Ok(())
+                        }
+                        stored => Ok(stored?),
+                    }
+                }
+            },
+            on_hold,
+        )
+        .await?;
         tracing::info!(request_id = %request.id, action = request.action.kind().as_str(), stage = %stage, requester = %request.requester.identity(), status = request.status.as_str(), "request created");
         self.outbox_wake.notify_one();
         Ok(request)
     }
 
-    /// Applies an Approve or Reject click. Concurrent clicks race on the
-    /// request's version: the loser re-reads and sees the winner's state.
+    /// Applies an Approve or Reject click, held while the store cannot be
+    /// reached (`on_hold` hears of it once).
     pub async fn decide(
         &self,
         id: &RequestId,
         who: &Person,
         verdict: Verdict,
+        on_hold: impl FnOnce(),
+    ) -> Result<Request, RequestError> {
+        hold_while_unreachable(|_| self.decide_now(id, who, &verdict), on_hold).await
+    }
+
+    /// Concurrent clicks race on the request's version: the loser re-reads
+    /// and sees the winner's state.
+    async fn decide_now(
+        &self,
+        id: &RequestId,
+        who: &Person,
+        verdict: &Verdict,
     ) -> Result<Request, RequestError> {
         loop {
             let mut request = self

@@ -52,7 +52,7 @@ pub fn embedded(data_dir: &Path, stacks: &[String]) -> Result<Backends, StartErr
         stacks: Arc::new(LocalStacks::new(db.clone(), stacks)?),
     };
     Ok(Backends {
-        store: Arc::new(SqliteStore::new(db)),
+        store: Arc::new(SqliteStore::open(db)?),
         bus: parts.bus.clone(),
         secrets: parts.vault.clone(),
         stacks: parts.stacks.clone(),

@@ -35,7 +35,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     attempts INTEGER NOT NULL DEFAULT 0,
     next_at INTEGER NOT NULL,
     last_error TEXT,
-    dead INTEGER NOT NULL DEFAULT 0
+    dead INTEGER NOT NULL DEFAULT 0,
+    claimed INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS outbox_by_lane ON outbox (lane, dead, seq);
 CREATE TABLE IF NOT EXISTS executions (
@@ -51,6 +52,10 @@ CREATE TABLE IF NOT EXISTS bus_deliveries (
     next_at INTEGER NOT NULL,
     last_error TEXT,
     dead INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS bus_published (
+    id TEXT PRIMARY KEY,
+    at INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS vault (
     name TEXT PRIMARY KEY,
@@ -83,6 +88,7 @@ impl Database {
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;",
         )?;
         connection.execute_batch(SCHEMA)?;
+        migrate(&connection)?;
         Ok(Database {
             connection: Arc::new(Mutex::new(connection)),
         })
@@ -100,6 +106,18 @@ impl Database {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+/// Brings a file written by an earlier version up to the current schema.
+fn migrate(connection: &Connection) -> Result<(), BackendError> {
+    let has_claimed = connection
+        .prepare("SELECT 1 FROM pragma_table_info('outbox') WHERE name = 'claimed'")?
+        .exists([])?;
+    if !has_claimed {
+        connection
+            .execute_batch("ALTER TABLE outbox ADD COLUMN claimed INTEGER NOT NULL DEFAULT 0;")?;
+    }
+    Ok(())
 }
 
 pub fn now_millis() -> i64 {

@@ -66,12 +66,41 @@ fn typed<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, ChatError> {
     })
 }
 
+/// The metadata event type that carries a message's key.
+const KEYED_MESSAGE: &str = "devops_bot_message";
+/// How far back a channel or thread is searched for a message whose post was
+/// interrupted: recovery follows the interruption within minutes.
+const SEARCH_DEPTH: u16 = 200;
+
 fn content(message: &ChatMessage) -> Value {
     let mut body = json!({"text": message.text});
     if let Some(card) = &message.card {
         body["blocks"] = Value::Array(to_blocks(card));
     }
+    if let Some(key) = &message.key {
+        body["metadata"] = json!({"event_type": KEYED_MESSAGE, "event_payload": {"key": key}});
+    }
     body
+}
+
+fn carries(found: &SlackHistoryMessage, message: &ChatMessage, in_thread: bool) -> bool {
+    let key = found
+        .content
+        .metadata
+        .as_ref()
+        .filter(|metadata| metadata.event_type == KEYED_MESSAGE)
+        .and_then(|metadata| metadata.event_payload.as_ref())
+        .and_then(|payload| payload.get("key"));
+    match (key, &message.key) {
+        (Some(found), Some(wanted)) => found == wanted,
+        // Slack leaves metadata out of thread replies unless asked, which
+        // slack-morphism cannot ask; the bot's own reply with the same text is it.
+        _ => {
+            in_thread
+                && found.sender.bot_id.is_some()
+                && found.content.text.as_deref() == Some(message.text.as_str())
+        }
+    }
 }
 
 /// Sorts Slack's failures into wait-and-retry, back-off-and-retry and give-up.
@@ -118,6 +147,40 @@ impl ChatPlatform for SlackChat {
             .await
             .map_err(classify)?;
         Ok(response.ts.0)
+    }
+
+    async fn find_posted(
+        &self,
+        channel: &str,
+        thread_ts: Option<&str>,
+        message: &ChatMessage,
+    ) -> Result<Option<String>, ChatError> {
+        let session = self.client.open_session(&self.token);
+        let messages = match thread_ts {
+            Some(thread_ts) => {
+                let request: SlackApiConversationsRepliesRequest =
+                    typed(json!({"channel": channel, "ts": thread_ts, "limit": SEARCH_DEPTH}))?;
+                session
+                    .conversations_replies(&request)
+                    .await
+                    .map_err(classify)?
+                    .messages
+            }
+            None => {
+                let request: SlackApiConversationsHistoryRequest = typed(json!({
+                    "channel": channel, "limit": SEARCH_DEPTH, "include_all_metadata": true,
+                }))?;
+                session
+                    .conversations_history(&request)
+                    .await
+                    .map_err(classify)?
+                    .messages
+            }
+        };
+        Ok(messages
+            .iter()
+            .find(|found| carries(found, message, thread_ts.is_some()))
+            .map(|found| found.origin.ts.0.clone()))
     }
 
     async fn update(

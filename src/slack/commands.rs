@@ -7,8 +7,9 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::{Form, Json};
 use serde_json::{json, Value};
+use tokio::sync::oneshot;
 
-use super::{person, within_deadline, SlackState};
+use super::{person, SlackState, ANSWER_WITHIN};
 use crate::domain::command::Command;
 use crate::domain::events::rfc3339;
 use crate::domain::request::{ActionKind, Origin, Request};
@@ -32,29 +33,45 @@ pub fn ephemeral(text: impl Into<String>) -> Response {
     Json(json!({"response_type": "ephemeral", "text": text.into()})).into_response()
 }
 
+/// Told at once when a request cannot be stored now and is held instead.
+pub const HELD: &str = "⏳ The bot's store cannot be reached right now. Your request is held and will be recorded as soon as it is back; the answer will come here.";
+
+/// Lets work answer the person before it has finished.
+pub struct EarlyAnswer(oneshot::Sender<String>);
+
+impl EarlyAnswer {
+    pub fn give(self, text: &str) {
+        let _ = self.0.send(text.to_string());
+    }
+}
+
 /// Runs `work`, answering with its text if it finishes within Slack's
-/// deadline; otherwise answers "working on it" and reports through `response_url`.
-pub async fn answer_in_time<F>(state: &SlackState, response_url: String, work: F) -> Response
+/// deadline; otherwise answers with what the work said early, or "working on
+/// it", and reports the outcome through `response_url`.
+pub async fn answer_in_time<W, F>(state: &SlackState, response_url: String, work: W) -> Response
 where
+    W: FnOnce(EarlyAnswer) -> F,
     F: Future<Output = String> + Send + 'static,
 {
-    match within_deadline(work).await {
-        Ok(Ok(text)) => ephemeral(text),
-        Ok(Err(_)) => {
-            ephemeral("Something went wrong on our side; nothing was changed. Please try again.")
+    let (early, early_text) = oneshot::channel();
+    let mut task = tokio::spawn(work(EarlyAnswer(early)));
+    let first_answer = tokio::select! {
+        finished = &mut task => return match finished {
+            Ok(text) => ephemeral(text),
+            Err(_) => ephemeral("Something went wrong on our side; nothing was changed. Please try again."),
+        },
+        Ok(text) = early_text => text,
+        _ = tokio::time::sleep(ANSWER_WITHIN) => "⏳ Working on it…".to_string(),
+    };
+    let client = state.client.clone();
+    tokio::spawn(async move {
+        if let (Ok(text), Some(client)) = (task.await, client) {
+            if let Err(error) = client.respond(&response_url, &text).await {
+                tracing::warn!(%error, "late answer through response_url failed");
+            }
         }
-        Err(task) => {
-            let client = state.client.clone();
-            tokio::spawn(async move {
-                if let (Ok(text), Some(client)) = (task.await, client) {
-                    if let Err(error) = client.respond(&response_url, &text).await {
-                        tracing::warn!(%error, "late answer through response_url failed");
-                    }
-                }
-            });
-            ephemeral("⏳ Working on it…")
-        }
-    }
+    });
+    ephemeral(first_answer)
 }
 
 pub async fn handle(
@@ -80,9 +97,10 @@ pub async fn handle(
         Command::Deploy { stack, stage } => {
             let requests = state.requests.clone();
             let stage = requests.stage_or_default(stage);
-            answer_in_time(&state, response_url, async move {
+            answer_in_time(&state, response_url, |early| async move {
+                let on_hold = || early.give(HELD);
                 match requests
-                    .submit(NewAction::Deploy { stack }, stage, who, origin)
+                    .submit(NewAction::Deploy { stack }, stage, who, origin, on_hold)
                     .await
                 {
                     Ok(request) => created_text(&request),
@@ -127,7 +145,7 @@ pub async fn handle(
         }
         Command::Status { request_id } => {
             let requests = state.requests.clone();
-            answer_in_time(&state, response_url, async move {
+            answer_in_time(&state, response_url, |_| async move {
                 let answer = match request_id {
                     Some(id) => requests.get(&id).await.map(|request| describe(&request)),
                     None => requests.recent(&who).await.map(|list| {
@@ -144,7 +162,7 @@ pub async fn handle(
         }
         Command::Approvals => {
             let requests = state.requests.clone();
-            answer_in_time(&state, response_url, async move {
+            answer_in_time(&state, response_url, |_| async move {
                 match requests.pending().await {
                     Ok(list) if list.is_empty() => "Nothing is waiting for approval.".to_string(),
                     Ok(list) => list

@@ -11,14 +11,17 @@ use axum::{Form, Json};
 use serde_json::{json, Value};
 
 use super::commands::{
-    created_text, PutSecretForm, PUT_SECRET_CALLBACK, SECRET_BLOCK, SECRET_INPUT,
+    created_text, PutSecretForm, HELD, PUT_SECRET_CALLBACK, SECRET_BLOCK, SECRET_INPUT,
 };
 use super::{person, within_deadline, SlackState};
 use crate::backends::store::Effect;
+use crate::chat::ChatPlatform;
 use crate::domain::names::{RequestId, SecretName, Stage};
 use crate::domain::request::Origin;
 use crate::domain::secret::SecretValue;
 use crate::requests::{NewAction, Verdict};
+
+const HELD_CLICK: &str = "⏳ The bot's store cannot be reached right now. Your click is held and will count as soon as it is back; the card will show it.";
 
 /// Slack retries for a few minutes at most; remember deliveries for a day.
 const DEDUPE_FOR: Duration = Duration::from_secs(24 * 3600);
@@ -98,8 +101,21 @@ async fn block_actions(state: SlackState, payload: Value) -> Response {
             "reject" => Verdict::Reject,
             _ => return,
         };
+        let response_url = str_at(&payload, &["response_url"]).to_string();
+        let client = state.client.clone();
+        let on_hold = move || {
+            if let Some(client) = client {
+                tokio::spawn(async move {
+                    let _ = client.respond(&response_url, HELD_CLICK).await;
+                });
+            }
+        };
         let outcome = match RequestId::parse(str_at(&data, &["requestId"])) {
-            Ok(id) => state.requests.decide(&id, &who, verdict).await.map(|_| ()),
+            Ok(id) => state
+                .requests
+                .decide(&id, &who, verdict, on_hold)
+                .await
+                .map(|_| ()),
             Err(error) => Err(crate::requests::RequestError::Refused(error.to_string())),
         };
         if let Err(error) = outcome {
@@ -174,8 +190,17 @@ async fn put_secret_submission(state: SlackState, payload: Value) -> Response {
     let user = who.user_id.clone();
     let channel = form.channel;
     // The modal closes on an empty 200; the outcome is told to the requester privately.
+    let client = state.client.clone();
+    let (held_channel, held_user) = (channel.clone(), user.clone());
+    let on_hold = move || {
+        if let Some(client) = client {
+            tokio::spawn(async move {
+                let _ = client.ephemeral(&held_channel, &held_user, HELD).await;
+            });
+        }
+    };
     let work = async move {
-        let text = match requests.submit(action, stage, who, origin).await {
+        let text = match requests.submit(action, stage, who, origin, on_hold).await {
             Ok(request) => created_text(&request),
             Err(error) => format!("⚠️ {error}"),
         };

@@ -65,6 +65,9 @@ pub enum Failure {
     /// HTTP 200 with `ok: false` and this error code, which slack-morphism maps
     /// to `SlackClientError::ApiError`.
     SlackError(&'static str),
+    /// Slack carries the call out, but the app gets HTTP 500 instead of the
+    /// answer, as after a dropped connection or a timeout: it cannot know.
+    DoneButAnswerLost,
 }
 
 impl FakeSlack {
@@ -107,6 +110,49 @@ impl FakeSlack {
             .filter(|attempt| attempt.answered)
             .map(|attempt| attempt.call.clone())
             .collect()
+    }
+
+    /// Every message in the channels now, oldest first, with its `channel`:
+    /// what people see, whether or not Slack's answer reached the app.
+    pub fn messages(&self) -> Vec<Value> {
+        let state = self.lock();
+        let mut messages: Vec<(&String, &PostedMessage)> = state.messages.iter().collect();
+        messages.sort_by(|a, b| a.0.cmp(b.0));
+        messages
+            .into_iter()
+            .map(|(_, posted)| {
+                let mut message = posted.message.clone();
+                message.insert("channel".into(), posted.channel.clone().into());
+                Value::Object(message)
+            })
+            .collect()
+    }
+
+    /// Waits until `check` holds for [`FakeSlack::messages`] and returns them;
+    /// panics listing them once `timeout` elapses.
+    pub async fn wait_for_messages(
+        &self,
+        check: impl Fn(&[Value]) -> bool,
+        timeout: Duration,
+    ) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let arrived = self.arrived.notified();
+            let messages = self.messages();
+            if check(&messages) {
+                return messages;
+            }
+            if tokio::time::timeout_at(deadline, arrived).await.is_err() {
+                panic!(
+                    "the channels never looked as expected within {timeout:?}:\n{}",
+                    messages
+                        .iter()
+                        .map(Value::to_string)
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                );
+            }
+        }
     }
 
     /// How many times `method` was called, whatever the answer was.
@@ -202,6 +248,12 @@ impl FakeSlack {
         self.lock().attempts.clear();
     }
 
+    /// Answers every call `latency` after carrying it out, as the real
+    /// Slack (~100 ms away) does: a bot that dies meanwhile never hears.
+    pub fn set_latency(&self, latency: Duration) {
+        self.lock().latency = latency;
+    }
+
     /// The next `times` calls to `method` fail in the given way, then calls
     /// succeed again. Failures queued by repeated calls are used up in order.
     pub fn fail_next(&self, method: &str, failure: Failure, times: usize) {
@@ -253,6 +305,8 @@ struct Attempt {
 struct PostedMessage {
     channel: String,
     thread_ts: Option<String>,
+    /// The message as `conversations.history` and `.replies` return it.
+    message: Map<String, Value>,
 }
 
 /// Everything the server knows; one lock guards it so that recording a call
@@ -262,11 +316,13 @@ struct Recorder {
     attempts: Vec<Attempt>,
     failures: HashMap<String, VecDeque<Failure>>,
     /// Messages from `chat.postMessage` by `ts`, so `chat.update` can reject
-    /// a `ts` Slack never handed out.
+    /// a `ts` Slack never handed out and history can be read back.
     messages: HashMap<String, PostedMessage>,
     /// The last `ts` handed out, in microseconds since the epoch.
     last_ts_micros: u64,
     views_opened: u64,
+    /// How long each answer takes after the call has taken effect.
+    latency: Duration,
 }
 
 /// A request body after parsing, plus the Slack error for a body Slack could
@@ -295,8 +351,16 @@ async fn handle(
         token: bearer_token(&headers),
         received: Instant::now(),
     };
-    let response = lock(&state).respond(call, request.raw, request.error);
+    let (response, latency) = {
+        let mut recorder = lock(&state);
+        (
+            recorder.respond(call, request.raw, request.error),
+            recorder.latency,
+        )
+    };
     arrived.notify_waiters();
+    // What the call did is already visible in the channels, as in Slack.
+    tokio::time::sleep(latency).await;
     response
 }
 
@@ -309,6 +373,10 @@ impl Recorder {
             .get_mut(&call.method)
             .and_then(VecDeque::pop_front);
         let (response, answered, reply) = match injected {
+            Some(Failure::DoneButAnswerLost) => {
+                let _ = self.answer(&call);
+                (failure_response(Failure::ServerError), false, Value::Null)
+            }
             Some(failure) => (failure_response(failure), false, Value::Null),
             None => {
                 let result = match error {
@@ -336,6 +404,8 @@ impl Recorder {
             "chat.update" => Self::update_message,
             "chat.postEphemeral" => Self::post_ephemeral,
             "views.open" => Self::open_view,
+            "conversations.history" => Self::history,
+            "conversations.replies" => Self::replies,
             _ => return Err("unknown_method"),
         };
         let is_bot_token = call
@@ -362,6 +432,7 @@ impl Recorder {
             PostedMessage {
                 channel: channel.to_owned(),
                 thread_ts: thread_ts.map(str::to_owned),
+                message: message.clone(),
             },
         );
         Ok(json!({
@@ -379,10 +450,13 @@ impl Recorder {
         let ts = str_field(body, "ts").ok_or("message_not_found")?;
         let posted = self
             .messages
-            .get(ts)
+            .get_mut(ts)
             .filter(|posted| posted.channel == channel)
             .ok_or("message_not_found")?;
         let message = message_content(body)?;
+        for (key, value) in &message {
+            posted.message.insert(key.clone(), value.clone());
+        }
         let mut reply = json!({
             "ok": true,
             "channel": channel,
@@ -394,6 +468,68 @@ impl Recorder {
             reply["thread_ts"] = thread_ts.as_str().into();
         }
         Ok(reply)
+    }
+
+    /// The channel's top-level messages, newest first. Like Slack, metadata
+    /// is only returned when `include_all_metadata` asks for it.
+    fn history(&mut self, body: &Value) -> MethodResult {
+        let channel = str_field(body, "channel").ok_or("channel_not_found")?;
+        let mut found: Vec<(&String, &PostedMessage)> = self
+            .messages
+            .iter()
+            .filter(|(ts, posted)| {
+                posted.channel == channel
+                    && posted.thread_ts.as_ref().is_none_or(|thread| thread == *ts)
+            })
+            .collect();
+        found.sort_by(|a, b| b.0.cmp(a.0));
+        let messages = self.read_back(found, body);
+        Ok(json!({
+            "ok": true, "messages": messages, "has_more": false, "pin_count": 0,
+            "response_metadata": {"next_cursor": ""},
+        }))
+    }
+
+    /// A thread: its parent first, then the replies, oldest first.
+    fn replies(&mut self, body: &Value) -> MethodResult {
+        let channel = str_field(body, "channel").ok_or("channel_not_found")?;
+        let parent = str_field(body, "ts").ok_or("thread_not_found")?;
+        if self
+            .messages
+            .get(parent)
+            .is_none_or(|posted| posted.channel != channel)
+        {
+            return Err("thread_not_found");
+        }
+        let mut found: Vec<(&String, &PostedMessage)> = self
+            .messages
+            .iter()
+            .filter(|(ts, posted)| *ts == parent || posted.thread_ts.as_deref() == Some(parent))
+            .collect();
+        found.sort_by(|a, b| a.0.cmp(b.0));
+        let messages = self.read_back(found, body);
+        Ok(json!({
+            "ok": true, "messages": messages, "has_more": false,
+            "response_metadata": {"next_cursor": ""},
+        }))
+    }
+
+    fn read_back(&self, found: Vec<(&String, &PostedMessage)>, body: &Value) -> Vec<Value> {
+        let with_metadata = str_field(body, "include_all_metadata") == Some("true");
+        let limit = str_field(body, "limit")
+            .and_then(|limit| limit.parse().ok())
+            .unwrap_or(100);
+        found
+            .into_iter()
+            .take(limit)
+            .map(|(_, posted)| {
+                let mut message = posted.message.clone();
+                if !with_metadata {
+                    message.remove("metadata");
+                }
+                Value::Object(message)
+            })
+            .collect()
     }
 
     fn post_ephemeral(&mut self, body: &Value) -> MethodResult {
@@ -501,6 +637,9 @@ fn message_content(body: &Value) -> Result<Map<String, Value>, &'static str> {
     );
     let mut has_content =
         str_field(body, "text").is_some() || str_field(body, "markdown_text").is_some();
+    if let Some(metadata @ Value::Object(_)) = json_field(body, "metadata") {
+        message.insert("metadata".into(), metadata);
+    }
     for (key, error) in [
         ("blocks", "invalid_blocks"),
         ("attachments", "invalid_attachments"),
@@ -622,6 +761,7 @@ fn failure_response(failure: Failure) -> Response {
         )
             .into_response(),
         Failure::SlackError(code) => slack_reply(Err(code)),
+        Failure::DoneButAnswerLost => failure_response(Failure::ServerError),
     }
 }
 

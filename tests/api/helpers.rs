@@ -160,32 +160,15 @@ impl TestApp {
             .unwrap()
             .port();
         let listen = format!("127.0.0.1:{port}");
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_devops-bot"))
-            .arg("serve")
-            .envs(Self::environment(
-                &slack,
-                data_dir.path(),
-                Some(world),
-                &listen,
-            ))
+        let child = Self::bot_process(&slack, data_dir.path(), Some(world), &listen)
             .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
             .spawn()
             .expect("the devops-bot binary starts");
         let process = Replica(child);
         let address = format!("http://{listen}");
         let http = reqwest::Client::new();
-        for _ in 0..200 {
-            if http
-                .get(format!("{address}/readyz"))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
-            {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_until_ready(&http, &address).await;
         world.add_target(&address);
         TestApp {
             address,
@@ -196,6 +179,41 @@ impl TestApp {
             embedded: None,
             aws: Some(world.clone()),
             process: Some(process),
+            stop: None,
+            served: None,
+        }
+    }
+
+    /// The built `devops-bot serve` with this test's configuration, to spawn.
+    pub fn bot_process(
+        slack: &FakeSlack,
+        data_dir: &std::path::Path,
+        aws: Option<&AwsWorld>,
+        listen: &str,
+    ) -> std::process::Command {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_devops-bot"));
+        command
+            .arg("serve")
+            .envs(Self::environment(slack, data_dir, aws, listen))
+            .stdout(std::process::Stdio::null());
+        command
+    }
+
+    /// Talks to an app at `address` that the test runs and stops itself.
+    pub fn client_of(
+        address: String,
+        slack: FakeSlack,
+        data_dir: Arc<tempfile::TempDir>,
+    ) -> TestApp {
+        TestApp {
+            address,
+            slack,
+            data_dir,
+            http: reqwest::Client::new(),
+            app_events: broadcast::channel(1).1,
+            embedded: None,
+            aws: None,
+            process: None,
             stop: None,
             served: None,
         }
@@ -301,6 +319,18 @@ impl TestApp {
         body: String,
         extra: &[(&str, &str)],
     ) -> reqwest::Response {
+        self.try_post_signed(path, body, extra)
+            .await
+            .expect("app answers")
+    }
+
+    /// As [`TestApp::post_signed`], for an app that may not be there to answer.
+    pub async fn try_post_signed(
+        &self,
+        path: &str,
+        body: String,
+        extra: &[(&str, &str)],
+    ) -> reqwest::Result<reqwest::Response> {
         let timestamp = Self::now();
         let mut request = self
             .http
@@ -311,11 +341,17 @@ impl TestApp {
         for (name, value) in extra {
             request = request.header(*name, *value);
         }
-        request.body(body).send().await.expect("app answers")
+        request.body(body).send().await
     }
 
     pub async fn command(&self, user: &str, text: &str) -> reqwest::Response {
-        let body = serde_urlencoded::to_string([
+        self.post_signed("/slack/commands", Self::command_body(user, text), &[])
+            .await
+    }
+
+    /// The form body Slack posts for `/devops <text>` typed by `user`.
+    pub fn command_body(user: &str, text: &str) -> String {
+        serde_urlencoded::to_string([
             ("token", "deprecated"),
             ("team_id", TEAM),
             ("team_domain", "acme"),
@@ -329,8 +365,7 @@ impl TestApp {
             ("response_url", "http://127.0.0.1:9/commands/T0TEAM/1/abc"),
             ("trigger_id", &format!("trigger-{}", uuid::Uuid::new_v4())),
         ])
-        .unwrap();
-        self.post_signed("/slack/commands", body, &[]).await
+        .unwrap()
     }
 
     /// Runs a command and returns the ephemeral text it answered with.
@@ -475,6 +510,22 @@ pub fn request_id_of(card: &Value) -> String {
     let text = card.to_string();
     let at = text.find("Request ").expect("card names its request") + "Request ".len();
     text[at..at + 36].to_string()
+}
+
+/// Waits (up to 10 s) until the app at `address` says it is ready.
+pub async fn wait_until_ready(http: &reqwest::Client, address: &str) {
+    for _ in 0..200 {
+        if http
+            .get(format!("{address}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the app at {address} was not ready within 10 s");
 }
 
 /// An app running as its own process, killed with the test.

@@ -95,8 +95,9 @@ async fn requests_from_elsewhere_are_executed_and_non_agents_refused_by_name() {
     let done = app.next_event("devops.completed").await;
     assert_eq!(done.detail["status"], "success");
     assert_eq!(done.detail["requestedBy"], "DocRegistry");
-    // Delivered again (at least once): not executed again, and the requester
-    // gets the very completion it may have missed (same timestamp and latency).
+    // Delivered again (at least once): not executed again. The embedded bus
+    // has delivered that completion already and publishes an event id once;
+    // on EventBridge the same completion goes out again (tests/api/aws.rs).
     assert_eq!(
         app.post_event(&agent, Some(EVENTS_API_KEY)).await.status(),
         200
@@ -104,6 +105,5 @@ async fn requests_from_elsewhere_are_executed_and_non_agents_refused_by_name() {
     let repeated = app
         .drain_events("devops.completed", std::time::Duration::from_millis(500))
         .await;
-    assert_eq!(repeated.len(), 1);
-    assert_eq!(repeated[0].detail, done.detail);
+    assert!(repeated.is_empty(), "{repeated:?}");
 }

@@ -6,6 +6,7 @@ mod aws;
 mod aws_world;
 mod commands;
 mod contracts;
+mod crash;
 mod exactly_once;
 mod fake_slack;
 mod flow;

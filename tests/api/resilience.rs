@@ -2,9 +2,11 @@
 
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
+
 use crate::fake_slack::Failure;
 use crate::flow::wait_for_call;
-use crate::helpers::TestApp;
+use crate::helpers::{request_id_of, TestApp};
 
 #[tokio::test]
 async fn acknowledges_at_once_while_slack_rate_limits_and_loses_no_reply() {
@@ -99,4 +101,44 @@ async fn pending_requests_cards_and_threads_survive_a_restart() {
     })
     .await;
     assert_eq!(update["ts"], card_ts.as_str());
+}
+
+/// Slack posted the card and the reply, but the answers never reached the
+/// bot (a dropped connection, a timeout): the retries find the messages
+/// instead of posting them again.
+#[tokio::test]
+async fn posts_whose_answer_was_lost_are_found_not_posted_twice() {
+    let mut app = TestApp::spawn().await;
+    app.slack
+        .fail_next("chat.postMessage", Failure::DoneButAnswerLost, 2);
+    app.command_text("UREQ", "deploy cc-agent-doc-registry --stage prod")
+        .await;
+    let messages = app
+        .slack
+        .wait_for_messages(|messages| !messages.is_empty(), Duration::from_secs(10))
+        .await;
+    let card_ts = messages[0]["ts"].as_str().unwrap().to_string();
+    let request_id = request_id_of(&messages[0]);
+    // The card's thread is the message Slack has, found through the history.
+    app.click("UBOSS", "approve", &request_id, &card_ts).await;
+    app.next_event("devops.completed").await;
+    app.slack
+        .wait_for_messages(
+            |messages| messages.iter().any(|m| m.get("thread_ts").is_some()),
+            Duration::from_secs(10),
+        )
+        .await;
+    // The reply's retry comes 250 ms after its lost answer: a second copy would be here by now.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+
+    let messages = app.slack.messages();
+    let in_thread = |message: &&Value| message.get("thread_ts").is_some();
+    let cards: Vec<&Value> = messages.iter().filter(|m| !in_thread(m)).collect();
+    let replies: Vec<&Value> = messages.iter().filter(in_thread).collect();
+    assert_eq!(cards.len(), 1, "one card: {messages:?}");
+    assert_eq!(replies.len(), 1, "one reply: {messages:?}");
+    assert_eq!(replies[0]["thread_ts"], card_ts.as_str());
+    assert!(replies[0]["text"].as_str().unwrap().contains("succeeded"));
+    assert!(app.slack.attempts("conversations.history") >= 1);
+    assert!(app.slack.attempts("conversations.replies") >= 1);
 }

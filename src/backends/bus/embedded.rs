@@ -1,6 +1,7 @@
 //! An in-process bus that keeps every delivery in SQLite until its target has
-//! handled it, so a restart loses nothing. Envelopes are sealed at rest: a
-//! `devops.request` for putSecret carries the secret value.
+//! handled it, so a restart loses nothing, and publishes each event id once.
+//! Envelopes are sealed at rest: a `devops.request` for putSecret carries the
+//! secret value.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -14,6 +15,11 @@ use crate::backends::sqlite::{now_millis, Database};
 use crate::backends::BackendError;
 use crate::domain::events::Envelope;
 use crate::domain::secret::{Sealed, Sealer};
+
+/// An event published again with the same id within this time (a publisher
+/// that crashed before recording that it had published) is published once.
+const REMEMBER_IDS_FOR: Duration = Duration::from_secs(7 * 24 * 3600);
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 pub struct EmbeddedBus {
     db: Database,
@@ -49,7 +55,14 @@ impl EmbeddedBus {
     /// Delivers queued events until `shutdown` resolves.
     pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
+        let mut pruned: Option<tokio::time::Instant> = None;
         loop {
+            if pruned.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
+                pruned = Some(tokio::time::Instant::now());
+                if let Err(error) = self.forget_old_ids() {
+                    tracing::warn!(%error, "bus: forgetting old event ids failed");
+                }
+            }
             let delivered = self.deliver_due().await;
             if delivered == 0 {
                 tokio::select! {
@@ -59,6 +72,14 @@ impl EmbeddedBus {
                 }
             }
         }
+    }
+
+    fn forget_old_ids(&self) -> Result<(), BackendError> {
+        let cutoff = now_millis() - i64::try_from(REMEMBER_IDS_FOR.as_millis()).unwrap_or(i64::MAX);
+        self.db
+            .lock()
+            .execute("DELETE FROM bus_published WHERE at < ?1", [cutoff])?;
+        Ok(())
     }
 
     async fn deliver_due(&self) -> usize {
@@ -159,6 +180,14 @@ impl EventBus for EmbeddedBus {
         {
             let mut conn = self.db.lock();
             let tx = conn.transaction()?;
+            let first_time = tx.execute(
+                "INSERT OR IGNORE INTO bus_published (id, at) VALUES (?1, ?2)",
+                params![event.id, now_millis()],
+            )? == 1;
+            if !first_time {
+                tracing::info!(detail_type = %event.detail_type, id = %event.id, "event already published; not published again");
+                return Ok(());
+            }
             for target in &targets {
                 tx.execute(
                     "INSERT INTO bus_deliveries (target, sealed_envelope, next_at) VALUES (?1, ?2, ?3)",

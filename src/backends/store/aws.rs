@@ -10,7 +10,7 @@
 //! | `REQ#<id>`      | `THREAD`   | chat thread: `platform`, `channel`, `ts` |                          |                             |
 //! | `DEDUPE#<key>`  | `DEDUPE`   | `expires_ms`, `ttl`                      |                          |                             |
 //! | `EXEC#<reqId>`  | `EXEC`     | `started_ms`, `completion`, `ttl`        |                          |                             |
-//! | `LANE#<lane>`   | `FX#<seq>` | effect: `payload`, `attempts`, `next_at` |                          | `OUTBOX`, `<next_at>#<seq>` |
+//! | `LANE#<lane>`   | `FX#<seq>` | effect: `payload`, `attempts`, `next_at`, `claimed` |                          | `OUTBOX`, `<next_at>#<seq>` |
 //! | `DEAD#<lane>`   | `FX#<seq>` | dead letter: `payload`, `last_error`     |                          |                             |
 
 use std::collections::HashMap;
@@ -304,8 +304,9 @@ impl DynamoStore {
             .update_item()
             .table_name(&self.table)
             .set_key(Some(key(format!("LANE#{lane}"), &format!("FX#{seq}"))))
-            .update_expression("SET next_at = :until, GSI2SK = :sort")
+            .update_expression("SET next_at = :until, GSI2SK = :sort, claimed = :claimed")
             .condition_expression("next_at = :seen")
+            .expression_attribute_values(":claimed", AttributeValue::Bool(true))
             .expression_attribute_values(":until", n(leased_until))
             .expression_attribute_values(":sort", s(outbox_sort_key(leased_until, &seq)))
             .expression_attribute_values(":seen", n(seen))
@@ -318,6 +319,7 @@ impl DynamoStore {
             id: effect_id(lane, &seq),
             effect: serde_json::from_str(text(&head, "payload")?)?,
             attempts: u32::try_from(number(&head, "attempts")?).unwrap_or(u32::MAX),
+            interrupted: matches!(head.get("claimed"), Some(AttributeValue::Bool(true))),
         }))
     }
 
@@ -725,7 +727,7 @@ impl Store for DynamoStore {
             .table_name(&self.table)
             .set_key(Some(key))
             .update_expression(
-                "SET attempts = attempts + :one, next_at = :at, GSI2SK = :sort, last_error = :error",
+                "SET attempts = attempts + :one, next_at = :at, GSI2SK = :sort, last_error = :error REMOVE claimed",
             )
             .condition_expression("attribute_exists(PK)")
             .expression_attribute_values(":one", n(1))

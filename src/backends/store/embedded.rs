@@ -19,8 +19,15 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
-    pub fn new(db: Database) -> Self {
-        Self { db }
+    /// Opens the store for the one process that owns `db`. Whatever a
+    /// previous run had leased, it can no longer be working on: those effects
+    /// are due now, and come back `interrupted`.
+    pub fn open(db: Database) -> Result<Self, BackendError> {
+        db.lock().execute(
+            "UPDATE outbox SET next_at = ?1 WHERE claimed = 1 AND dead = 0",
+            [now_millis()],
+        )?;
+        Ok(Self { db })
     }
 }
 
@@ -254,7 +261,7 @@ impl Store for SqliteStore {
         // Only the oldest live effect of a lane may run, and only when its time has come.
         let rows = tx
             .prepare(
-                "SELECT seq, payload, attempts FROM outbox AS o
+                "SELECT seq, payload, attempts, claimed FROM outbox AS o
                  WHERE dead = 0 AND next_at <= ?1
                    AND seq = (SELECT MIN(seq) FROM outbox WHERE lane = o.lane AND dead = 0)
                  ORDER BY seq LIMIT ?2",
@@ -264,19 +271,21 @@ impl Store for SqliteStore {
                     row.get::<_, i64>(0)?,
                     row.get::<_, String>(1)?,
                     row.get::<_, u32>(2)?,
+                    row.get::<_, bool>(3)?,
                 ))
             })?
             .collect::<Result<Vec<_>, _>>()?;
         let mut due = Vec::with_capacity(rows.len());
-        for (seq, payload, attempts) in rows {
+        for (seq, payload, attempts, interrupted) in rows {
             tx.execute(
-                "UPDATE outbox SET next_at = ?1 WHERE seq = ?2",
+                "UPDATE outbox SET next_at = ?1, claimed = 1 WHERE seq = ?2",
                 params![leased_until, seq],
             )?;
             due.push(QueuedEffect {
                 id: EffectId::new(seq.to_string()),
                 effect: serde_json::from_str(&payload)?,
                 attempts,
+                interrupted,
             });
         }
         tx.commit()?;
@@ -307,7 +316,7 @@ impl Store for SqliteStore {
         error: &str,
     ) -> Result<(), BackendError> {
         self.db.lock().execute(
-            "UPDATE outbox SET attempts = attempts + 1, next_at = ?1, last_error = ?2 WHERE seq = ?3",
+            "UPDATE outbox SET attempts = attempts + 1, next_at = ?1, last_error = ?2, claimed = 0 WHERE seq = ?3",
             params![at.timestamp_millis(), error, seq(id)?],
         )?;
         Ok(())

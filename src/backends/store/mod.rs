@@ -70,6 +70,9 @@ pub struct QueuedEffect {
     pub id: EffectId,
     pub effect: Effect,
     pub attempts: u32,
+    /// An earlier claim of this effect ended without an outcome (its holder
+    /// died or hung mid-call), so it may have been carried out already.
+    pub interrupted: bool,
 }
 
 /// What the executor finds when it starts on a `requestId`.
@@ -133,6 +136,7 @@ pub trait Store: Send + Sync {
     async fn enqueue(&self, effects: &[Effect]) -> Result<(), BackendError>;
     /// Leases the next effect of every lane whose turn has come: nobody else
     /// gets them until `lease` has passed, unless they are settled sooner.
+    /// An effect whose previous lease ran out unsettled comes back `interrupted`.
     async fn claim_due_effects(
         &self,
         now: DateTime<Utc>,

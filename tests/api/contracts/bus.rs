@@ -18,6 +18,26 @@ async fn embedded_bus_honours_the_bus_contract() {
     check(bus.as_ref(), bus.subscribe()).await;
 }
 
+/// A publisher that crashed after publishing, before recording it, publishes
+/// again with the same id: the embedded bus delivers it once.
+#[tokio::test]
+async fn embedded_bus_publishes_an_event_id_once() {
+    let (dir, db) = embedded_db();
+    let bus = devops_bot::backends::bus::embedded::EmbeddedBus::new(db, sealer(&dir));
+    let mut delivered = bus.subscribe();
+    let event = request(1);
+    bus.publish(&event).await.unwrap();
+    bus.publish(&event).await.unwrap();
+    bus.publish(&request(2)).await.unwrap();
+    let first = delivered.recv().await.unwrap();
+    let second = delivered.recv().await.unwrap();
+    assert_eq!(first.id, event.id);
+    assert_eq!(
+        second.detail["requestId"], "contract-2",
+        "the repeat was not delivered"
+    );
+}
+
 #[tokio::test]
 async fn eventbridge_honours_the_bus_contract() {
     let world = on_moto().await;

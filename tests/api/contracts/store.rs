@@ -46,7 +46,45 @@ fn sample_request(user: &str) -> Request {
 async fn sqlite_store_honours_the_store_contract() {
     let dir = tempfile::tempdir().unwrap();
     let db = devops_bot::backends::sqlite::Database::open(&dir.path().join("state.db")).unwrap();
-    check(&devops_bot::backends::store::embedded::SqliteStore::new(db)).await;
+    check(&devops_bot::backends::store::embedded::SqliteStore::open(db).unwrap()).await;
+}
+
+/// One process owns an embedded data directory, so what a killed run had
+/// leased is due again the moment the next run opens the file.
+#[tokio::test]
+async fn sqlite_store_reopened_after_a_crash_takes_back_what_the_dead_run_had_claimed() {
+    use devops_bot::backends::sqlite::Database;
+    use devops_bot::backends::store::embedded::SqliteStore;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let request = sample_request("U1");
+    let card = Effect::PostCard {
+        request_id: request.id.clone(),
+    };
+    let first_run = SqliteStore::open(Database::open(&path).unwrap()).unwrap();
+    first_run
+        .create_request(&request, std::slice::from_ref(&card))
+        .await
+        .unwrap();
+    let claimed = first_run
+        .claim_due_effects(Utc::now(), LEASE, 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    drop(first_run);
+
+    let next_run = SqliteStore::open(Database::open(&path).unwrap()).unwrap();
+    let due = next_run
+        .claim_due_effects(Utc::now(), LEASE, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        due.len(),
+        1,
+        "due at once, not when the dead run's lease ends"
+    );
+    assert_eq!(due[0].effect, card);
+    assert!(due[0].interrupted);
 }
 
 #[tokio::test]
@@ -128,6 +166,10 @@ async fn check(store: &dyn Store) {
     let mut effects: Vec<_> = due.iter().map(|queued| queued.effect.clone()).collect();
     effects.sort_by_key(|effect| effect.lane());
     assert_eq!(effects, vec![card.clone(), other.clone()]);
+    assert!(
+        due.iter().all(|queued| !queued.interrupted),
+        "a first claim is not an interrupted one"
+    );
     // Claimed effects are leased: nobody else gets them meanwhile.
     assert!(store
         .claim_due_effects(Utc::now(), LEASE, 10)
@@ -157,6 +199,10 @@ async fn check(store: &dyn Store) {
     assert!(store.next_effect_at().await.unwrap().is_some());
     let retried = store.claim_due_effects(later, LEASE, 10).await.unwrap();
     assert_eq!((retried.len(), retried[0].attempts), (1, 1));
+    assert!(
+        !retried[0].interrupted,
+        "an effect whose attempt was settled as a retry was not interrupted"
+    );
     store.effect_done(&retried[0].id).await.unwrap();
     // A lease that runs out (its holder died) lets the effect be claimed again.
     let next = store.claim_due_effects(later, LEASE, 10).await.unwrap();
@@ -168,6 +214,10 @@ async fn check(store: &dyn Store) {
         .unwrap();
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].effect, reply);
+    assert!(
+        again[0].interrupted,
+        "a lease that ran out unsettled may have been carried out: it comes back interrupted"
+    );
     store
         .effect_dead(&again[0].id, "channel_not_found")
         .await
