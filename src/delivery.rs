@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use tokio::sync::Notify;
@@ -29,6 +29,8 @@ const EFFECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a claimed effect is ours; longer than any attempt can take, so
 /// another replica only takes it over when this one died mid-way.
 const LEASE: Duration = Duration::from_secs(120);
+const RECORD_RETRY_FIRST: Duration = Duration::from_millis(250);
+const RECORD_RETRY_LONGEST: Duration = Duration::from_secs(10);
 /// A longer `Retry-After` than this is not believed.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
@@ -40,6 +42,16 @@ pub struct Delivery {
     pub platforms: HashMap<String, Arc<dyn ChatPlatform>>,
     pub wake: Arc<Notify>,
     pub metrics: Arc<Metrics>,
+}
+
+/// How an attempt at an effect ended, to be written down.
+enum Settled {
+    Done,
+    Retry {
+        at: chrono::DateTime<Utc>,
+        reason: String,
+    },
+    Dead(String),
 }
 
 enum Failed {
@@ -161,6 +173,7 @@ impl Delivery {
     }
 
     async fn settle(&self, queued: QueuedEffect) {
+        let claimed_at = Instant::now();
         let kind = kind(&queued.effect);
         let performed = match tokio::time::timeout(EFFECT_TIMEOUT, self.perform(&queued)).await {
             Ok(performed) => performed,
@@ -169,25 +182,51 @@ impl Delivery {
                 reason: format!("no answer within {EFFECT_TIMEOUT:?}"),
             }),
         };
-        let recorded = match performed {
+        let settled = match performed {
             Ok(()) => {
                 self.metrics.effect(kind, "done");
-                self.store.effect_done(&queued.id).await
+                Settled::Done
             }
             Err(Failed::Retry { after, reason }) if queued.attempts < u32::MAX - 1 => {
                 self.metrics.effect(kind, "retry");
                 tracing::warn!(effect = kind, attempts = queued.attempts + 1, retry_in_ms = after.as_millis() as u64, %reason, "outbox: will retry");
                 let at = Utc::now() + chrono::Duration::from_std(after).unwrap_or_default();
-                self.store.effect_retry(&queued.id, at, &reason).await
+                Settled::Retry { at, reason }
             }
             Err(Failed::Retry { reason, .. } | Failed::GiveUp(reason)) => {
                 self.metrics.effect(kind, "dead");
                 tracing::error!(effect = kind, %reason, "outbox: effect cannot succeed; kept as dead letter");
-                self.store.effect_dead(&queued.id, &reason).await
+                Settled::Dead(reason)
             }
         };
-        if let Err(error) = recorded {
-            tracing::error!(%error, "outbox: recording an effect's outcome failed");
+        self.record(&queued, &settled, claimed_at).await;
+    }
+
+    /// Writes down how an effect went. Unwritten, the effect would sit out
+    /// its lease and then be tried again for nothing, so while the store
+    /// cannot be reached this keeps trying, as long as the lease lasts.
+    async fn record(&self, queued: &QueuedEffect, settled: &Settled, claimed_at: Instant) {
+        let mut wait = RECORD_RETRY_FIRST;
+        loop {
+            let recorded = match settled {
+                Settled::Done => self.store.effect_done(&queued.id).await,
+                Settled::Retry { at, reason } => {
+                    self.store.effect_retry(&queued.id, *at, reason).await
+                }
+                Settled::Dead(reason) => self.store.effect_dead(&queued.id, reason).await,
+            };
+            match recorded {
+                Ok(()) => return,
+                Err(error) if claimed_at.elapsed() + wait < LEASE => {
+                    tracing::warn!(%error, retry_in_ms = wait.as_millis() as u64, "outbox: recording an effect's outcome failed; trying again");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(RECORD_RETRY_LONGEST);
+                }
+                Err(error) => {
+                    tracing::error!(%error, "outbox: recording an effect's outcome failed; it will be looked at again when its lease ends");
+                    return;
+                }
+            }
         }
     }
 

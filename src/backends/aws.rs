@@ -2,6 +2,10 @@
 //! same variables the SDK's default chain reads, and how SDK errors map onto
 //! [`BackendError`].
 
+use std::time::Duration;
+
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_dynamodb::config::http::HttpResponse;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
@@ -43,8 +47,22 @@ impl std::fmt::Debug for StaticKeys {
     }
 }
 
+/// An unreachable service must show within Slack's 3 s, so that the person
+/// is told their request is held: retries start sooner than the SDK's
+/// default (1 s), and no call waits long for a connection.
+const FIRST_RETRY_AFTER: Duration = Duration::from_millis(100);
+const CONNECT_WITHIN: Duration = Duration::from_secs(1);
+const ATTEMPT_WITHIN: Duration = Duration::from_secs(10);
+
 pub async fn sdk_config(settings: &AwsSettings) -> SdkConfig {
-    let mut loader = aws_config::defaults(BehaviorVersion::latest());
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .retry_config(RetryConfig::standard().with_initial_backoff(FIRST_RETRY_AFTER))
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(CONNECT_WITHIN)
+                .operation_attempt_timeout(ATTEMPT_WITHIN)
+                .build(),
+        );
     if let Some(region) = &settings.region {
         loader = loader.region(Region::new(region.clone()));
     }

@@ -280,7 +280,7 @@ async fn replicas_decide_and_post_once(
 ) {
     let (request_id, card_ts, _) = request_prod_secret(&first, "UREQ", "sk_live_replicas").await;
     // Two approvers click at once, each reaching another replica; Slack retries one click.
-    let boss = TestApp::click_payload("UBOSS", "approve", &request_id, &card_ts);
+    let boss = first.click_payload("UBOSS", "approve", &request_id, &card_ts);
     let (a, b, c) = tokio::join!(
         first.interaction(&boss, &[]),
         second.click("UALICE", "approve", &request_id, &card_ts),

@@ -70,8 +70,69 @@ impl Drop for Moto {
     }
 }
 
+/// A loopback TCP relay in front of moto that the test can cut: while cut,
+/// every connection through it is dropped at once, as with AWS unreachable.
+pub struct Switch {
+    pub endpoint: String,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+    connections: Arc<Mutex<tokio::task::JoinSet<()>>>,
+    accepting: tokio::task::JoinHandle<()>,
+}
+
+impl Switch {
+    pub async fn start(target: &str) -> Switch {
+        let target = target.trim_start_matches("http://").to_string();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let connections = Arc::new(Mutex::new(tokio::task::JoinSet::new()));
+        let accepting = tokio::spawn({
+            let (cut, connections) = (cut.clone(), connections.clone());
+            async move {
+                while let Ok((mut inbound, _)) = listener.accept().await {
+                    if cut.load(Ordering::SeqCst) {
+                        continue;
+                    }
+                    let target = target.clone();
+                    connections.lock().unwrap().spawn(async move {
+                        if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                            let _ =
+                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        }
+                    });
+                }
+            }
+        });
+        Switch {
+            endpoint,
+            cut,
+            connections,
+            accepting,
+        }
+    }
+
+    /// Drops every open connection and every new one until restored.
+    pub fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        self.connections.lock().unwrap().abort_all();
+    }
+
+    pub fn restore(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Switch {
+    fn drop(&mut self) {
+        self.accepting.abort();
+        self.connections.lock().unwrap().abort_all();
+    }
+}
+
 pub struct AwsWorld {
     pub moto: Moto,
+    /// Where the apps reach AWS: moto, or a switch in front of it.
+    apps_reach: Mutex<String>,
     pub sdk: SdkConfig,
     access_key_id: String,
     secret_access_key: String,
@@ -214,6 +275,7 @@ impl AwsWorld {
                 .unwrap();
         }
         let world = Arc::new(AwsWorld {
+            apps_reach: Mutex::new(moto.endpoint.clone()),
             moto,
             sdk,
             access_key_id,
@@ -233,10 +295,18 @@ impl AwsWorld {
             ("DEVOPSBOT_BACKEND", "aws".into()),
             ("DEVOPSBOT_TABLE", TABLE.into()),
             ("AWS_REGION", "us-east-1".into()),
-            ("AWS_ENDPOINT_URL", self.moto.endpoint.clone()),
+            ("AWS_ENDPOINT_URL", self.apps_reach.lock().unwrap().clone()),
             ("AWS_ACCESS_KEY_ID", self.access_key_id.clone()),
             ("AWS_SECRET_ACCESS_KEY", self.secret_access_key.clone()),
         ]
+    }
+
+    /// Apps started from now on reach AWS through a switch the test can cut;
+    /// the test itself and the EventBridge relay still reach moto directly.
+    pub async fn put_switch_before_apps(&self) -> Switch {
+        let switch = Switch::start(&self.moto.endpoint).await;
+        *self.apps_reach.lock().unwrap() = switch.endpoint.clone();
+        switch
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Envelope> {

@@ -141,7 +141,7 @@ async fn killed_at_random_points_the_bot_loses_nothing_and_repeats_nothing() {
     while sent < REQUESTS || !killer.is_finished() {
         if sent < REQUESTS {
             sent += 1;
-            let body = TestApp::command_body("UREQ", "deploy cc-agent-doc-registry --stage prod");
+            let body = app.command_body("UREQ", "deploy cc-agent-doc-registry --stage prod");
             if let Ok(response) = app.try_post_signed("/slack/commands", body, &[]).await {
                 if let Ok(answer) = response.json::<Value>().await {
                     let text = answer["text"].as_str().unwrap_or_default();
@@ -268,7 +268,7 @@ async fn approve_pending_cards(app: &TestApp, data_dir: &Path) {
         .collect();
     for (id, ts) in cards(&app.slack.messages()) {
         if pending.contains(&id) {
-            let payload = TestApp::click_payload("UBOSS", "approve", &id, &ts);
+            let payload = app.click_payload("UBOSS", "approve", &id, &ts);
             let body = serde_urlencoded::to_string([("payload", payload.to_string())]).unwrap();
             let _ = app.try_post_signed("/slack/interactions", body, &[]).await;
         }

@@ -12,8 +12,8 @@ async fn simultaneous_approvals_and_a_retried_click_publish_one_request() {
         .await;
     let (request_id, card_ts, _) = app.card(1).await;
 
-    let boss = TestApp::click_payload("UBOSS", "approve", &request_id, &card_ts);
-    let alice = TestApp::click_payload("UALICE", "approve", &request_id, &card_ts);
+    let boss = app.click_payload("UBOSS", "approve", &request_id, &card_ts);
+    let alice = app.click_payload("UALICE", "approve", &request_id, &card_ts);
     let (first, second, retry) = tokio::join!(
         app.interaction(&boss, &[]),
         app.interaction(&alice, &[]),

@@ -83,6 +83,7 @@ impl FakeSlack {
         let arrived = Arc::new(Notify::new());
         let app = Router::new()
             .route("/api/{method}", any(handle))
+            .route("/response/{kind}/{id}", any(respond_to_url))
             .with_state((Arc::clone(&state), Arc::clone(&arrived)));
         let (shutdown, stopped) = oneshot::channel::<()>();
         tokio::spawn(async move {
@@ -100,6 +101,21 @@ impl FakeSlack {
             arrived,
             _shutdown: Arc::new(shutdown),
         }
+    }
+
+    /// A fresh `response_url` of the kind Slack puts in a slash command or
+    /// an interaction; what is posted to it is recorded as a `response_url` call.
+    pub fn response_url(&self, kind: &str) -> String {
+        let base = self.base_url.trim_end_matches("/api");
+        format!("{base}/response/{kind}/{}", uuid::Uuid::new_v4())
+    }
+
+    /// The texts posted to response URLs, in arrival order.
+    pub fn responses(&self) -> Vec<String> {
+        self.calls_to("response_url")
+            .iter()
+            .map(|body| body["text"].as_str().unwrap_or_default().to_string())
+            .collect()
     }
 
     /// Every call that got an `ok: true` answer, in arrival order.
@@ -362,6 +378,30 @@ async fn handle(
     // What the call did is already visible in the channels, as in Slack.
     tokio::time::sleep(latency).await;
     response
+}
+
+/// A `response_url`: Slack shows what is posted there to the person who
+/// ran the command or clicked.
+async fn respond_to_url(
+    State((state, arrived)): State<(Arc<Mutex<Recorder>>, Arc<Notify>)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let request = parse_request(&headers, None, &body);
+    let call = SlackCall {
+        method: "response_url".into(),
+        body: request.body,
+        token: bearer_token(&headers),
+        received: Instant::now(),
+    };
+    lock(&state).attempts.push(Attempt {
+        call,
+        raw: request.raw,
+        answered: true,
+        reply: json!({"ok": true}),
+    });
+    arrived.notify_waiters();
+    Json(json!({"ok": true})).into_response()
 }
 
 impl Recorder {

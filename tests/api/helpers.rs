@@ -345,12 +345,12 @@ impl TestApp {
     }
 
     pub async fn command(&self, user: &str, text: &str) -> reqwest::Response {
-        self.post_signed("/slack/commands", Self::command_body(user, text), &[])
+        self.post_signed("/slack/commands", self.command_body(user, text), &[])
             .await
     }
 
     /// The form body Slack posts for `/devops <text>` typed by `user`.
-    pub fn command_body(user: &str, text: &str) -> String {
+    pub fn command_body(&self, user: &str, text: &str) -> String {
         serde_urlencoded::to_string([
             ("token", "deprecated"),
             ("team_id", TEAM),
@@ -362,7 +362,7 @@ impl TestApp {
             ("command", "/devops"),
             ("text", text),
             ("api_app_id", "A0APP"),
-            ("response_url", "http://127.0.0.1:9/commands/T0TEAM/1/abc"),
+            ("response_url", &self.slack.response_url("commands")),
             ("trigger_id", &format!("trigger-{}", uuid::Uuid::new_v4())),
         ])
         .unwrap()
@@ -383,7 +383,7 @@ impl TestApp {
     }
 
     /// The block_actions payload Slack sends when `user` clicks a card button.
-    pub fn click_payload(user: &str, verb: &str, request_id: &str, card_ts: &str) -> Value {
+    pub fn click_payload(&self, user: &str, verb: &str, request_id: &str, card_ts: &str) -> Value {
         json!({
             "type": "block_actions",
             "team": {"id": TEAM, "domain": "acme"},
@@ -393,7 +393,7 @@ impl TestApp {
             "container": {"type": "message", "message_ts": card_ts, "channel_id": CHANNEL},
             "channel": {"id": CHANNEL, "name": "deploys"},
             "message": {"type": "message", "ts": card_ts, "text": "card"},
-            "response_url": "http://127.0.0.1:9/actions/1",
+            "response_url": self.slack.response_url("actions"),
             "actions": [{
                 "type": "button",
                 "action_id": verb,
@@ -411,7 +411,7 @@ impl TestApp {
         request_id: &str,
         card_ts: &str,
     ) -> reqwest::Response {
-        self.interaction(&Self::click_payload(user, verb, request_id, card_ts), &[])
+        self.interaction(&self.click_payload(user, verb, request_id, card_ts), &[])
             .await
     }
 

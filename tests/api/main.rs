@@ -12,5 +12,6 @@ mod fake_slack;
 mod flow;
 mod helpers;
 mod ingress;
+mod outage;
 mod resilience;
 mod security;
