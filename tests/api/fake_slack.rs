@@ -270,6 +270,16 @@ impl FakeSlack {
         self.lock().latency = latency;
     }
 
+    /// For `duration` from now every call fails, in each of `failures` in
+    /// turn (e.g. 429s and 500s), as during a Slack incident.
+    pub fn outage(&self, duration: Duration, failures: &[Failure]) {
+        self.lock().outage = Some(Outage {
+            until: Instant::now() + duration,
+            failures: failures.to_vec(),
+            next: 0,
+        });
+    }
+
     /// The next `times` calls to `method` fail in the given way, then calls
     /// succeed again. Failures queued by repeated calls are used up in order.
     pub fn fail_next(&self, method: &str, failure: Failure, times: usize) {
@@ -339,6 +349,14 @@ struct Recorder {
     views_opened: u64,
     /// How long each answer takes after the call has taken effect.
     latency: Duration,
+    outage: Option<Outage>,
+}
+
+/// A time during which every call fails.
+struct Outage {
+    until: Instant,
+    failures: Vec<Failure>,
+    next: usize,
 }
 
 /// A request body after parsing, plus the Slack error for a body Slack could
@@ -408,10 +426,11 @@ impl Recorder {
     /// Records the call and answers it, an injected failure taking precedence
     /// over everything else.
     fn respond(&mut self, call: SlackCall, raw: String, error: Option<&'static str>) -> Response {
-        let injected = self
-            .failures
-            .get_mut(&call.method)
-            .and_then(VecDeque::pop_front);
+        let injected = self.outage_failure().or_else(|| {
+            self.failures
+                .get_mut(&call.method)
+                .and_then(VecDeque::pop_front)
+        });
         let (response, answered, reply) = match injected {
             Some(Failure::DoneButAnswerLost) => {
                 let _ = self.answer(&call);
@@ -435,6 +454,18 @@ impl Recorder {
             reply,
         });
         response
+    }
+
+    /// During an outage every call fails, taking the failures in turn.
+    fn outage_failure(&mut self) -> Option<Failure> {
+        let outage = self.outage.as_mut()?;
+        if Instant::now() >= outage.until {
+            self.outage = None;
+            return None;
+        }
+        let failure = outage.failures[outage.next % outage.failures.len()];
+        outage.next += 1;
+        Some(failure)
     }
 
     /// Slack rejects unknown methods before looking at the token.

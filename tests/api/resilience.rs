@@ -142,3 +142,57 @@ async fn posts_whose_answer_was_lost_are_found_not_posted_twice() {
     assert!(app.slack.attempts("conversations.history") >= 1);
     assert!(app.slack.attempts("conversations.replies") >= 1);
 }
+
+/// Slack answers 429 and 500 to everything for three seconds while requests
+/// flow: afterwards every card and every reply is there, once, each reply in
+/// its card's thread after the card, and each card ends showing the outcome.
+#[tokio::test]
+async fn a_slack_outage_delays_cards_and_replies_but_loses_none() {
+    let app = TestApp::spawn().await;
+    app.slack.outage(
+        Duration::from_secs(3),
+        &[
+            Failure::RateLimited {
+                retry_after_secs: 1,
+            },
+            Failure::ServerError,
+        ],
+    );
+    for _ in 0..4 {
+        app.command_text("UDEV", "deploy cc-agent-doc-registry")
+            .await;
+    }
+    let in_thread = |message: &Value| message.get("thread_ts").is_some();
+    let all_replied = |messages: &[Value]| {
+        let cards: Vec<&Value> = messages.iter().filter(|m| !in_thread(m)).collect();
+        cards.len() == 4
+            && cards.iter().all(|card| {
+                messages
+                    .iter()
+                    .any(|reply| reply["thread_ts"] == card["ts"])
+                    && card.to_string().contains("Succeeded in")
+            })
+    };
+    app.slack
+        .wait_for_messages(all_replied, Duration::from_secs(30))
+        .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let messages = app.slack.messages();
+    let cards: Vec<&Value> = messages.iter().filter(|m| !in_thread(m)).collect();
+    assert_eq!(cards.len(), 4, "each card once: {messages:?}");
+    for card in cards {
+        let replies: Vec<&Value> = messages
+            .iter()
+            .filter(|reply| reply["thread_ts"] == card["ts"])
+            .collect();
+        assert_eq!(replies.len(), 1, "each reply once: {messages:?}");
+        assert!(
+            replies[0]["ts"].as_str() > card["ts"].as_str(),
+            "the reply follows its card"
+        );
+    }
+    let refused =
+        app.slack.attempts("chat.postMessage") - app.slack.calls_to("chat.postMessage").len();
+    assert!(refused >= 4, "the outage refused posts ({refused})");
+}
