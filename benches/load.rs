@@ -281,14 +281,25 @@ impl Measured {
 impl Load {
     /// Runs on a thread of its own with a single-threaded runtime, so the
     /// generator takes one core at most, as `wrk -t1` would.
-    fn run(self, port: u16) -> std::thread::JoinHandle<Measured> {
+    fn run(self, port: u16) -> Measured {
+        Self::run_together(vec![self], port)
+            .pop()
+            .expect("one load, one measurement")
+    }
+
+    /// Several loads at once from the same single thread, each measured apart.
+    fn run_together(loads: Vec<Load>, port: u16) -> Vec<Measured> {
         std::thread::spawn(move || {
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .expect("load runtime")
-                .block_on(self.drive(port))
+                .block_on(futures_util::future::join_all(
+                    loads.into_iter().map(|load| load.drive(port)),
+                ))
         })
+        .join()
+        .expect("load thread")
     }
 
     async fn drive(self, port: u16) -> Measured {
@@ -468,18 +479,17 @@ async fn bench(args: Args) {
         Arc::new(move |_| help.clone())
     };
     let measured = load(u64::MAX, 200, false, help_request.clone()).run(port);
-    row("/devops help", &measured.join().expect("load thread"));
+    row("/devops help", &measured);
 
     let prod_deploy = signed_post(
         "/slack/commands",
         SIGNING_SECRET,
         &slash_command("UREQUESTER", &format!("deploy {STACK} --stage prod")),
     );
-    let deploys = load(u64::MAX, 200, true, Arc::new(move |_| prod_deploy.clone()))
-        .run(port)
-        .join()
-        .expect("load thread");
+    let deploys = load(u64::MAX, 200, true, Arc::new(move |_| prod_deploy.clone())).run(port);
     row("/devops deploy --stage prod", &deploys);
+    // Each run measures its own load: the outbox finishes the last one's cards first.
+    let deploy_drain = wait_until_idle(&slack).await;
 
     let pending: Arc<Vec<String>> = Arc::new(
         deploys
@@ -503,8 +513,9 @@ async fn bench(args: Args) {
             }),
         )
     };
-    let clicks = clicks.run(port).join().expect("load thread");
+    let clicks = clicks.run(port);
     row("Approve click", &clicks);
+    let click_drain = wait_until_idle(&slack).await;
 
     let forged = signed_post(
         "/slack/commands",
@@ -516,18 +527,11 @@ async fn bench(args: Args) {
         connections: (args.connections / 4).max(1),
         ..load(u64::MAX, 200, false, help_request)
     };
-    let (flood, genuine) = (flood.run(port), genuine.run(port));
-    row(
-        "forged flood (refused, 401)",
-        &flood.join().expect("load thread"),
-    );
-    row(
-        "  genuine /devops help meanwhile",
-        &genuine.join().expect("load thread"),
-    );
+    let measured = Load::run_together(vec![flood, genuine], port);
+    row("forged flood (refused, 401)", &measured[0]);
+    row("  genuine /devops help meanwhile", &measured[1]);
 
     let (_, peak_rss) = service.rss_mib();
-    wait_until_idle(&slack).await;
     slack.forget_calls();
     let trips = round_trips(&slack, port, args.round_trips).await;
     let at = |quantile: f64| trips[((trips.len() as f64 * quantile) as usize).min(trips.len() - 1)];
@@ -543,22 +547,29 @@ async fn bench(args: Args) {
         ms(ready_in)
     );
     println!(
-        "\n{} of {} pending requests were approved under load; their cards and replies went to the fake Slack.",
+        "\n{} requests acknowledged, then their cards posted within {:.1} s of the run's end; \
+         {} of them approved under load, then published, executed, replied and updated within {:.1} s.",
+        pending.len(),
+        deploy_drain.as_secs_f64(),
         clicks.answered,
-        pending.len()
+        click_drain.as_secs_f64(),
     );
 }
 
-/// Waits until the outbox has drained the load's cards and replies, so the
-/// round trips measure an idle service.
-async fn wait_until_idle(slack: &FakeSlack) {
+/// Waits until the outbox has drained the last run's cards and replies (no
+/// Slack call for 500 ms); returns how long after the call the last one came.
+async fn wait_until_idle(slack: &FakeSlack) -> Duration {
+    let started = Instant::now();
     let mut seen = slack.calls().len();
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let now = slack.calls().len();
-        if now == seen {
-            return;
+        let calls = slack.calls();
+        if calls.len() == seen {
+            let last = calls.iter().map(|call| call.received).max();
+            return last.map_or_else(Duration::default, |last| {
+                last.saturating_duration_since(started)
+            });
         }
-        seen = now;
+        seen = calls.len();
     }
 }

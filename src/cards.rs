@@ -2,7 +2,10 @@
 //! and `$when`. Teams renders the bound card as it is; the Slack adapter
 //! translates it to Block Kit. Editing a template needs no rebuild.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use serde_json::{json, Map, Value};
 
@@ -15,7 +18,14 @@ const BUILT_IN: &[(&str, &str)] = &[("request", include_str!("../cards/request.j
 #[derive(Debug, Clone)]
 pub struct Cards {
     dir: Option<PathBuf>,
+    /// Parsed templates by name, with the modification time of the file they
+    /// came from (None: built in): an edited file is read again, an unchanged
+    /// one is not read for every card.
+    parsed: Arc<Mutex<HashMap<String, Parsed>>>,
 }
+
+/// A template as parsed, and the modification time of its file (None: built in).
+type Parsed = (Option<SystemTime>, Arc<Value>);
 
 #[derive(Debug, thiserror::Error)]
 pub enum CardError {
@@ -30,6 +40,7 @@ impl Cards {
     pub fn load(dir: Option<&Path>) -> Result<Cards, CardError> {
         let cards = Cards {
             dir: dir.map(Path::to_path_buf),
+            parsed: Arc::default(),
         };
         for (name, _) in BUILT_IN {
             cards.template(name)?;
@@ -37,13 +48,26 @@ impl Cards {
         Ok(cards)
     }
 
-    fn template(&self, name: &str) -> Result<Value, CardError> {
+    fn template(&self, name: &str) -> Result<Arc<Value>, CardError> {
         let from_dir = self
             .dir
             .as_ref()
             .map(|dir| dir.join(format!("{name}.json")))
-            .filter(|path| path.is_file());
-        let (origin, text) = match from_dir {
+            .and_then(|path| {
+                let metadata = std::fs::metadata(&path).ok().filter(|m| m.is_file())?;
+                Some((path, metadata.modified().ok()))
+            });
+        let modified = from_dir.as_ref().and_then(|(_, modified)| *modified);
+        let mut parsed = self
+            .parsed
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((seen, template)) = parsed.get(name) {
+            if *seen == modified && (modified.is_some() || from_dir.is_none()) {
+                return Ok(template.clone());
+            }
+        }
+        let (origin, text) = match from_dir.map(|(path, _)| path) {
             Some(path) => {
                 let text = std::fs::read_to_string(&path)
                     .map_err(|e| CardError::Invalid(path.display().to_string(), e.to_string()))?;
@@ -57,12 +81,16 @@ impl Cards {
                 (format!("built-in {name}.json"), text.to_string())
             }
         };
-        serde_json::from_str(&text).map_err(|e| CardError::Invalid(origin, e.to_string()))
+        let template: Arc<Value> = Arc::new(
+            serde_json::from_str(&text).map_err(|e| CardError::Invalid(origin, e.to_string()))?,
+        );
+        parsed.insert(name.to_string(), (modified, template.clone()));
+        Ok(template)
     }
 
     /// The request card, bound to the request's current state.
     pub fn request_card(&self, request: &Request) -> Result<Value, CardError> {
-        Ok(bind(&self.template("request")?, &request_data(request)))
+        Ok(bind(&*self.template("request")?, &request_data(request)))
     }
 }
 
@@ -245,5 +273,42 @@ mod tests {
             Cards::load(Some(dir.path())),
             Err(CardError::Invalid(_, _))
         ));
+    }
+
+    #[test]
+    fn an_edited_template_is_read_again_without_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("request.json");
+        let write = |wording: &str, modified_secs: u64| {
+            std::fs::write(
+                &path,
+                format!(r#"{{"body":[{{"type":"TextBlock","text":"{wording}"}}]}}"#),
+            )
+            .unwrap();
+            let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(modified_secs);
+            std::fs::File::options()
+                .write(true)
+                .open(&path)
+                .unwrap()
+                .set_modified(at)
+                .unwrap();
+        };
+        write("first wording", 1_000);
+        let cards = Cards::load(Some(dir.path())).unwrap();
+        assert_eq!(
+            cards.template("request").unwrap()["body"][0]["text"],
+            "first wording"
+        );
+        write("second wording", 2_000);
+        assert_eq!(
+            cards.template("request").unwrap()["body"][0]["text"],
+            "second wording"
+        );
+        std::fs::remove_file(&path).unwrap();
+        assert_ne!(
+            cards.template("request").unwrap()["body"][0]["text"],
+            "second wording",
+            "back to the built-in card"
+        );
     }
 }

@@ -32,6 +32,7 @@ pub struct SlackState {
     pub store: Arc<dyn Store>,
     pub client: Option<Arc<SlackChat>>,
     pub verifier: Option<Arc<SlackEventSignatureVerifier>>,
+    pub refusals: Arc<verify::Refusals>,
 }
 
 impl SlackState {
@@ -51,6 +52,7 @@ impl SlackState {
             store,
             client,
             verifier,
+            refusals: Arc::default(),
         }
     }
 }
