@@ -9,6 +9,7 @@ mod contracts;
 mod exactly_once;
 mod fake_slack;
 mod flow;
+mod fuzz;
 mod helpers;
 mod ingress;
 mod resilience;
