@@ -236,6 +236,7 @@ fn substitute(text: &str, data: &Map<String, Value>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn binds_strings_and_drops_elements_whose_when_is_false() {
@@ -310,5 +311,49 @@ mod tests {
             "second wording",
             "back to the built-in card"
         );
+    }
+
+    proptest! {
+        /// Values are inserted once and never scanned again: data that looks
+        /// like `${…}` stays text, whatever the template around it.
+        #[test]
+        fn bound_data_is_never_read_as_template(
+            pieces in proptest::collection::vec(
+                ("\\PC{0,10}".prop_filter("template syntax in literal text", |text: &String| !text.contains("${")), 0..3usize),
+                0..6,
+            ),
+            tail in "\\PC{0,10}".prop_filter("template syntax in literal text", |text: &String| !text.contains("${")),
+            values in proptest::collection::vec(
+                prop_oneof![
+                    Just("${a}".to_string()),
+                    Just("${b} and ${c}".to_string()),
+                    Just("${".to_string()),
+                    Just("}".to_string()),
+                    "\\PC{0,20}",
+                    proptest::collection::vec(prop_oneof![Just("${"), Just("}"), Just("a"), Just("$")], 0..12).prop_map(|parts| parts.concat()),
+                ],
+                3,
+            ),
+        ) {
+            let keys = ["a", "b", "c"];
+            let data: Map<String, Value> = keys
+                .iter()
+                .zip(&values)
+                .map(|(key, value)| (key.to_string(), Value::String(value.clone())))
+                .collect();
+            let mut template = String::new();
+            let mut expected = String::new();
+            for (literal, key) in &pieces {
+                template.push_str(&format!("{literal}${{{}}}", keys[*key]));
+                expected.push_str(literal);
+                expected.push_str(&values[*key]);
+            }
+            template.push_str(&tail);
+            expected.push_str(&tail);
+            let bound = bind(&json!({"text": template, "items": [{"$when": "${a}", "x": "${b}"}]}), &data);
+            prop_assert_eq!(&bound["text"], &json!(expected));
+            let shown = if values[0].is_empty() { json!([]) } else { json!([{"x": values[1]}]) };
+            prop_assert_eq!(&bound["items"], &shown);
+        }
     }
 }

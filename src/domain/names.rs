@@ -180,6 +180,7 @@ impl Person {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn secret_names_must_live_under_contentcraft() {
@@ -214,5 +215,54 @@ mod tests {
         assert!(RequestId::parse("not-a-uuid").is_err());
         let id = RequestId::new();
         assert_eq!(RequestId::parse(&id.to_string()), Ok(id));
+    }
+
+    /// Names as people type them and as forgers try them.
+    fn raw_name() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "\\PC{0,40}",
+            "/contentcraft/[a-zA-Z0-9/_+=.@ <>*-]{0,40}",
+            "[a-zA-Z0-9_ -]{0,130}",
+            "/contentcraft/[a-z]{500,520}",
+            Just("/contentcraft/../etc/passwd".to_string()),
+            Just("/ContentCraft/x".to_string()),
+            Just(" /contentcraft/x".to_string()),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn accepted_names_keep_their_promises(raw in raw_name()) {
+            if let Ok(name) = SecretName::parse(&raw) {
+                let rest = name.as_str().strip_prefix(SECRET_NAMESPACE).unwrap();
+                prop_assert!(!rest.is_empty() && name.as_str().len() <= 512);
+                prop_assert!(rest.chars().all(|c| c.is_ascii_alphanumeric() || "/_+=.@-".contains(c)));
+                prop_assert!(!rest.contains("//"));
+            }
+            if let Ok(stack) = StackName::parse(&raw) {
+                prop_assert!(stack.as_str().len() <= 120);
+                prop_assert!(stack.as_str().starts_with(|c: char| c.is_ascii_alphabetic()));
+                prop_assert!(stack.as_str().chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+            }
+            if let Ok(stage) = Stage::parse(&raw) {
+                prop_assert_eq!(stage.as_str(), raw.as_str());
+            }
+            if let Ok(id) = RequestId::parse(&raw) {
+                prop_assert_eq!(RequestId::parse(&id.to_string()), Ok(id));
+            }
+        }
+
+        /// Stored requests and events are read through the same parsers, so
+        /// no name the edge refuses gets in through JSON.
+        #[test]
+        fn json_is_held_to_the_same_rules(raw in raw_name()) {
+            let value = serde_json::Value::String(raw.clone());
+            prop_assert_eq!(serde_json::from_value::<SecretName>(value.clone()).is_ok(), SecretName::parse(&raw).is_ok());
+            prop_assert_eq!(serde_json::from_value::<StackName>(value.clone()).is_ok(), StackName::parse(&raw).is_ok());
+            prop_assert_eq!(serde_json::from_value::<Stage>(value.clone()).is_ok(), Stage::parse(&raw).is_ok());
+            prop_assert_eq!(serde_json::from_value::<RequestId>(value).is_ok(), RequestId::parse(&raw).is_ok());
+        }
     }
 }

@@ -10,6 +10,7 @@ mod crash;
 mod exactly_once;
 mod fake_slack;
 mod flow;
+mod fuzz;
 mod helpers;
 mod ingress;
 mod outage;
