@@ -89,6 +89,8 @@ impl Database {
         )?;
         connection.execute_batch(SCHEMA)?;
         migrate(&connection)?;
+        // Every statement the backends run stays parsed.
+        connection.set_prepared_statement_cache_capacity(64);
         Ok(Database {
             connection: Arc::new(Mutex::new(connection)),
         })

@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 use slack_morphism::errors::SlackClientError;
 use slack_morphism::prelude::*;
 
-use super::blocks::to_blocks;
+use super::blocks::{mrkdwn, to_blocks};
 use crate::chat::{ChatError, ChatMessage, ChatPlatform};
 
 pub struct SlackChat {
@@ -51,7 +51,7 @@ impl SlackChat {
             .parse()
             .map_err(|_| ChatError::Permanent("response_url is not a URL".into()))?;
         let request: SlackApiPostWebhookMessageRequest =
-            typed(json!({"text": text, "response_type": "ephemeral"}))?;
+            typed(json!({"text": mrkdwn(text), "response_type": "ephemeral"}))?;
         self.client
             .respond_to_event(&SlackResponseUrl(url), &request)
             .await
@@ -72,8 +72,10 @@ const KEYED_MESSAGE: &str = "devops_bot_message";
 /// interrupted: recovery follows the interruption within minutes.
 const SEARCH_DEPTH: u16 = 200;
 
+/// Every text the bot sends is plain: `<!channel>`, `<@U…>` or a link in an
+/// agent's error message, a stack name or a person's input stays text.
 fn content(message: &ChatMessage) -> Value {
-    let mut body = json!({"text": message.text});
+    let mut body = json!({"text": mrkdwn(&message.text)});
     if let Some(card) = &message.card {
         body["blocks"] = Value::Array(to_blocks(card));
     }
@@ -98,7 +100,7 @@ fn carries(found: &SlackHistoryMessage, message: &ChatMessage, in_thread: bool) 
         _ => {
             in_thread
                 && found.sender.bot_id.is_some()
-                && found.content.text.as_deref() == Some(message.text.as_str())
+                && found.content.text.as_deref() == Some(mrkdwn(&message.text).as_str())
         }
     }
 }
@@ -203,12 +205,28 @@ impl ChatPlatform for SlackChat {
 
     async fn ephemeral(&self, channel: &str, user: &str, text: &str) -> Result<(), ChatError> {
         let request: SlackApiChatPostEphemeralRequest =
-            typed(json!({"channel": channel, "user": user, "text": text}))?;
+            typed(json!({"channel": channel, "user": user, "text": mrkdwn(text)}))?;
         self.client
             .open_session(&self.token)
             .chat_post_ephemeral(&request)
             .await
             .map(|_| ())
             .map_err(classify)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_from_agents_or_people_cannot_mention_or_link() {
+        let body = content(&ChatMessage::text(
+            "❌ failed: <!channel> see <https://evil.example|the fix> & <@U0BOSS>",
+        ));
+        assert_eq!(
+            body["text"],
+            "❌ failed: &lt;!channel&gt; see &lt;https://evil.example|the fix&gt; &amp; &lt;@U0BOSS&gt;"
+        );
     }
 }

@@ -78,7 +78,8 @@ impl EmbeddedBus {
         let cutoff = now_millis() - i64::try_from(REMEMBER_IDS_FOR.as_millis()).unwrap_or(i64::MAX);
         self.db
             .lock()
-            .execute("DELETE FROM bus_published WHERE at < ?1", [cutoff])?;
+            .prepare_cached("DELETE FROM bus_published WHERE at < ?1")?
+            .execute([cutoff])?;
         Ok(())
     }
 
@@ -111,7 +112,7 @@ impl EmbeddedBus {
 
     fn due(&self) -> Result<Vec<(i64, String, Sealed, u32)>, BackendError> {
         let conn = self.db.lock();
-        let mut statement = conn.prepare(
+        let mut statement = conn.prepare_cached(
             "SELECT seq, target, sealed_envelope, attempts FROM bus_deliveries
              WHERE dead = 0 AND next_at <= ?1 ORDER BY seq LIMIT 100",
         )?;
@@ -145,22 +146,21 @@ impl EmbeddedBus {
         let conn = self.db.lock();
         match outcome {
             Ok(()) => {
-                conn.execute("DELETE FROM bus_deliveries WHERE seq = ?1", [seq])?;
+                conn.prepare_cached("DELETE FROM bus_deliveries WHERE seq = ?1")?
+                    .execute([seq])?;
             }
             Err(BackendError::Unavailable(error)) => {
                 let backoff = 250i64.saturating_mul(1 << attempts.min(8));
                 tracing::warn!(%error, attempts, "bus: delivery failed, will retry");
-                conn.execute(
-                    "UPDATE bus_deliveries SET attempts = attempts + 1, next_at = ?1, last_error = ?2 WHERE seq = ?3",
-                    params![now_millis() + backoff, error, seq],
+                conn.prepare_cached("UPDATE bus_deliveries SET attempts = attempts + 1, next_at = ?1, last_error = ?2 WHERE seq = ?3")?.execute(params![now_millis() + backoff, error, seq],
                 )?;
             }
             Err(error) => {
                 tracing::error!(%error, "bus: delivery cannot succeed, kept as dead letter");
-                conn.execute(
+                conn.prepare_cached(
                     "UPDATE bus_deliveries SET dead = 1, last_error = ?1 WHERE seq = ?2",
-                    params![error.to_string(), seq],
-                )?;
+                )?
+                .execute(params![error.to_string(), seq])?;
             }
         }
         Ok(())
@@ -180,18 +180,16 @@ impl EventBus for EmbeddedBus {
         {
             let mut conn = self.db.lock();
             let tx = conn.transaction()?;
-            let first_time = tx.execute(
-                "INSERT OR IGNORE INTO bus_published (id, at) VALUES (?1, ?2)",
-                params![event.id, now_millis()],
-            )? == 1;
+            let first_time = tx
+                .prepare_cached("INSERT OR IGNORE INTO bus_published (id, at) VALUES (?1, ?2)")?
+                .execute(params![event.id, now_millis()])?
+                == 1;
             if !first_time {
                 tracing::info!(detail_type = %event.detail_type, id = %event.id, "event already published; not published again");
                 return Ok(());
             }
             for target in &targets {
-                tx.execute(
-                    "INSERT INTO bus_deliveries (target, sealed_envelope, next_at) VALUES (?1, ?2, ?3)",
-                    params![target, sealed.as_stored(), now_millis()],
+                tx.prepare_cached("INSERT INTO bus_deliveries (target, sealed_envelope, next_at) VALUES (?1, ?2, ?3)")?.execute(params![target, sealed.as_stored(), now_millis()],
                 )?;
             }
             tx.commit()?;

@@ -25,11 +25,8 @@ impl LocalVault {
         let sealed: Option<String> = self
             .db
             .lock()
-            .query_row(
-                "SELECT sealed_value FROM vault WHERE name = ?1",
-                [name.as_str()],
-                |row| row.get(0),
-            )
+            .prepare_cached("SELECT sealed_value FROM vault WHERE name = ?1")?
+            .query_row([name.as_str()], |row| row.get(0))
             .optional()?;
         sealed
             .map(|sealed| {
@@ -67,17 +64,12 @@ impl SecretsBackend for LocalVault {
                 .to_string();
         let conn = self.db.lock();
         let existing: Option<String> = conn
-            .query_row(
-                "SELECT arn FROM vault WHERE name = ?1",
-                [name.as_str()],
-                |row| row.get(0),
-            )
+            .prepare_cached("SELECT arn FROM vault WHERE name = ?1")?
+            .query_row([name.as_str()], |row| row.get(0))
             .optional()?;
         let (action, arn) = match existing {
             Some(arn) => {
-                conn.execute(
-                    "UPDATE vault SET version_id = ?1, sealed_value = ?2, kms_key = COALESCE(?3, kms_key), tags = ?4, updated_at = ?5 WHERE name = ?6",
-                    params![version_id, sealed.as_stored(), kms_key, tags, now, name.as_str()],
+                conn.prepare_cached("UPDATE vault SET version_id = ?1, sealed_value = ?2, kms_key = COALESCE(?3, kms_key), tags = ?4, updated_at = ?5 WHERE name = ?6")?.execute(params![version_id, sealed.as_stored(), kms_key, tags, now, name.as_str()],
                 )?;
                 (PutAction::Updated, arn)
             }
@@ -87,10 +79,8 @@ impl SecretsBackend for LocalVault {
                     name.as_str(),
                     arn_suffix()
                 );
-                conn.execute(
-                    "INSERT INTO vault (name, arn, version_id, sealed_value, kms_key, tags, created_at, updated_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
-                    params![name.as_str(), arn, version_id, sealed.as_stored(), kms_key, tags, now],
+                conn.prepare_cached("INSERT INTO vault (name, arn, version_id, sealed_value, kms_key, tags, created_at, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)")?.execute(params![name.as_str(), arn, version_id, sealed.as_stored(), kms_key, tags, now],
                 )?;
                 (PutAction::Created, arn)
             }

@@ -20,9 +20,7 @@ impl LocalStacks {
         {
             let conn = db.lock();
             for name in stacks {
-                conn.execute(
-                    "INSERT OR IGNORE INTO stacks (name, status, parameters, updated_at) VALUES (?1, 'CREATE_COMPLETE', '{}', ?2)",
-                    params![name, chrono::Utc::now().to_rfc3339()],
+                conn.prepare_cached("INSERT OR IGNORE INTO stacks (name, status, parameters, updated_at) VALUES (?1, 'CREATE_COMPLETE', '{}', ?2)")?.execute(params![name, chrono::Utc::now().to_rfc3339()],
                 )?;
             }
         }
@@ -31,10 +29,10 @@ impl LocalStacks {
 
     /// Sets a stack's status; operators use it to simulate a stack mid-update.
     pub fn set_status(&self, stack_name: &str, status: &str) -> Result<(), BackendError> {
-        self.db.lock().execute(
-            "UPDATE stacks SET status = ?1 WHERE name = ?2",
-            params![status, stack_name],
-        )?;
+        self.db
+            .lock()
+            .prepare_cached("UPDATE stacks SET status = ?1 WHERE name = ?2")?
+            .execute(params![status, stack_name])?;
         Ok(())
     }
 }
@@ -45,11 +43,8 @@ impl StacksBackend for LocalStacks {
         Ok(self
             .db
             .lock()
-            .query_row(
-                "SELECT status FROM stacks WHERE name = ?1",
-                [stack_name],
-                |row| row.get(0),
-            )
+            .prepare_cached("SELECT status FROM stacks WHERE name = ?1")?
+            .query_row([stack_name], |row| row.get(0))
             .optional()?)
     }
 
@@ -60,11 +55,8 @@ impl StacksBackend for LocalStacks {
     ) -> Result<StackUpdate, BackendError> {
         let conn = self.db.lock();
         let stored: Option<(String, String)> = conn
-            .query_row(
-                "SELECT status, parameters FROM stacks WHERE name = ?1",
-                [stack_name],
-                |row| Ok((row.get(0)?, row.get(1)?)),
-            )
+            .prepare_cached("SELECT status, parameters FROM stacks WHERE name = ?1")?
+            .query_row([stack_name], |row| Ok((row.get(0)?, row.get(1)?)))
             .optional()?;
         let Some((status, stored_parameters)) = stored else {
             return Err(BackendError::NotFound(format!(
@@ -85,9 +77,7 @@ impl StacksBackend for LocalStacks {
                 current_status: status,
             });
         }
-        conn.execute(
-            "UPDATE stacks SET status = 'UPDATE_COMPLETE', parameters = ?1, updated_at = ?2 WHERE name = ?3",
-            params![serde_json::to_string(&merged)?, chrono::Utc::now().to_rfc3339(), stack_name],
+        conn.prepare_cached("UPDATE stacks SET status = 'UPDATE_COMPLETE', parameters = ?1, updated_at = ?2 WHERE name = ?3")?.execute(params![serde_json::to_string(&merged)?, chrono::Utc::now().to_rfc3339(), stack_name],
         )?;
         Ok(StackUpdate {
             action: "updated",

@@ -23,10 +23,9 @@ impl SqliteStore {
     /// previous run had leased, it can no longer be working on: those effects
     /// are due now, and come back `interrupted`.
     pub fn open(db: Database) -> Result<Self, BackendError> {
-        db.lock().execute(
-            "UPDATE outbox SET next_at = ?1 WHERE claimed = 1 AND dead = 0",
-            [now_millis()],
-        )?;
+        db.lock()
+            .prepare_cached("UPDATE outbox SET next_at = ?1 WHERE claimed = 1 AND dead = 0")?
+            .execute([now_millis()])?;
         Ok(Self { db })
     }
 }
@@ -34,10 +33,8 @@ impl SqliteStore {
 fn append_effects(tx: &Transaction<'_>, effects: &[Effect]) -> Result<(), BackendError> {
     let now = now_millis();
     for effect in effects {
-        tx.execute(
-            "INSERT INTO outbox (lane, payload, next_at) VALUES (?1, ?2, ?3)",
-            params![effect.lane(), serde_json::to_string(effect)?, now],
-        )?;
+        tx.prepare_cached("INSERT INTO outbox (lane, payload, next_at) VALUES (?1, ?2, ?3)")?
+            .execute(params![effect.lane(), serde_json::to_string(effect)?, now])?;
     }
     Ok(())
 }
@@ -67,18 +64,19 @@ impl Store for SqliteStore {
     ) -> Result<(), BackendError> {
         let mut conn = self.db.lock();
         let tx = conn.transaction()?;
-        let inserted = tx.execute(
-            "INSERT OR IGNORE INTO requests (id, requester, status, created_at, version, body)
+        let inserted = tx
+            .prepare_cached(
+                "INSERT OR IGNORE INTO requests (id, requester, status, created_at, version, body)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
+            )?
+            .execute(params![
                 request.id.to_string(),
                 request.requester.identity(),
                 request.status.as_str(),
                 request.created_at.to_rfc3339(),
                 request.version as i64,
                 serde_json::to_string(request)?
-            ],
-        )?;
+            ])?;
         if inserted == 0 {
             return Err(BackendError::Refused(format!(
                 "request {} already exists",
@@ -93,11 +91,8 @@ impl Store for SqliteStore {
     async fn request(&self, id: &RequestId) -> Result<Option<Request>, BackendError> {
         let conn = self.db.lock();
         let body: Option<String> = conn
-            .query_row(
-                "SELECT body FROM requests WHERE id = ?1",
-                [id.to_string()],
-                |row| row.get(0),
-            )
+            .prepare_cached("SELECT body FROM requests WHERE id = ?1")?
+            .query_row([id.to_string()], |row| row.get(0))
             .optional()?;
         body.map(|body| serde_json::from_str(&body).map_err(BackendError::from))
             .transpose()
@@ -112,9 +107,7 @@ impl Store for SqliteStore {
         stored.version = request.version + 1;
         let mut conn = self.db.lock();
         let tx = conn.transaction()?;
-        let updated = tx.execute(
-            "UPDATE requests SET status = ?1, version = ?2, body = ?3 WHERE id = ?4 AND version = ?5",
-            params![
+        let updated = tx.prepare_cached("UPDATE requests SET status = ?1, version = ?2, body = ?3 WHERE id = ?4 AND version = ?5")?.execute(params![
                 stored.status.as_str(),
                 stored.version as i64,
                 serde_json::to_string(&stored)?,
@@ -136,7 +129,7 @@ impl Store for SqliteStore {
         limit: usize,
     ) -> Result<Vec<Request>, BackendError> {
         let conn = self.db.lock();
-        let mut statement = conn.prepare(
+        let mut statement = conn.prepare_cached(
             "SELECT body FROM requests WHERE requester = ?1 ORDER BY created_at DESC LIMIT ?2",
         )?;
         let rows = statement
@@ -148,7 +141,7 @@ impl Store for SqliteStore {
     async fn pending_requests(&self) -> Result<Vec<Request>, BackendError> {
         let conn = self.db.lock();
         let mut statement =
-            conn.prepare("SELECT body FROM requests WHERE status = ?1 ORDER BY created_at")?;
+            conn.prepare_cached("SELECT body FROM requests WHERE status = ?1 ORDER BY created_at")?;
         let rows = statement
             .query_map([Status::Pending.as_str()], |row| row.get(0))?
             .collect::<Result<Vec<String>, _>>()?;
@@ -156,42 +149,35 @@ impl Store for SqliteStore {
     }
 
     async fn set_thread(&self, id: &RequestId, thread: &ThreadRef) -> Result<(), BackendError> {
-        self.db.lock().execute(
-            "INSERT OR REPLACE INTO threads (request_id, platform, channel, ts) VALUES (?1, ?2, ?3, ?4)",
-            params![id.to_string(), thread.platform, thread.channel, thread.ts],
+        self.db.lock().prepare_cached("INSERT OR REPLACE INTO threads (request_id, platform, channel, ts) VALUES (?1, ?2, ?3, ?4)")?.execute(params![id.to_string(), thread.platform, thread.channel, thread.ts],
         )?;
         Ok(())
     }
 
     async fn thread(&self, id: &RequestId) -> Result<Option<ThreadRef>, BackendError> {
         let conn = self.db.lock();
-        Ok(conn
-            .query_row(
-                "SELECT platform, channel, ts FROM threads WHERE request_id = ?1",
-                [id.to_string()],
-                |row| {
-                    Ok(ThreadRef {
-                        platform: row.get(0)?,
-                        channel: row.get(1)?,
-                        ts: row.get(2)?,
-                    })
-                },
-            )
-            .optional()?)
+        let thread = conn
+            .prepare_cached("SELECT platform, channel, ts FROM threads WHERE request_id = ?1")?
+            .query_row([id.to_string()], |row| {
+                Ok(ThreadRef {
+                    platform: row.get(0)?,
+                    channel: row.get(1)?,
+                    ts: row.get(2)?,
+                })
+            })
+            .optional()?;
+        Ok(thread)
     }
 
     async fn claim_once(&self, key: &str, ttl: Duration) -> Result<bool, BackendError> {
         let now = now_millis();
         let expires_at = now.saturating_add(millis(ttl));
         let conn = self.db.lock();
-        conn.execute(
-            "DELETE FROM dedupe WHERE key = ?1 AND expires_at <= ?2",
-            params![key, now],
-        )?;
-        let inserted = conn.execute(
-            "INSERT OR IGNORE INTO dedupe (key, expires_at) VALUES (?1, ?2)",
-            params![key, expires_at],
-        )?;
+        conn.prepare_cached("DELETE FROM dedupe WHERE key = ?1 AND expires_at <= ?2")?
+            .execute(params![key, now])?;
+        let inserted = conn
+            .prepare_cached("INSERT OR IGNORE INTO dedupe (key, expires_at) VALUES (?1, ?2)")?
+            .execute(params![key, expires_at])?;
         Ok(inserted == 1)
     }
 
@@ -209,18 +195,17 @@ impl Store for SqliteStore {
         now: DateTime<Utc>,
     ) -> Result<Execution, BackendError> {
         let conn = self.db.lock();
-        let inserted = conn.execute(
-            "INSERT OR IGNORE INTO executions (request_id, started_at) VALUES (?1, ?2)",
-            params![request_id, now.timestamp_millis()],
-        )?;
+        let inserted = conn
+            .prepare_cached(
+                "INSERT OR IGNORE INTO executions (request_id, started_at) VALUES (?1, ?2)",
+            )?
+            .execute(params![request_id, now.timestamp_millis()])?;
         if inserted == 1 {
             return Ok(Execution::Started);
         }
-        let (started_at, completion): (i64, Option<String>) = conn.query_row(
-            "SELECT started_at, completion FROM executions WHERE request_id = ?1",
-            [request_id],
-            |row| Ok((row.get(0)?, row.get(1)?)),
-        )?;
+        let (started_at, completion): (i64, Option<String>) = conn
+            .prepare_cached("SELECT started_at, completion FROM executions WHERE request_id = ?1")?
+            .query_row([request_id], |row| Ok((row.get(0)?, row.get(1)?)))?;
         Ok(match completion {
             Some(completion) => Execution::Finished(Box::new(serde_json::from_str(&completion)?)),
             None => Execution::Running {
@@ -234,18 +219,18 @@ impl Store for SqliteStore {
         request_id: &str,
         completion: &Envelope,
     ) -> Result<(), BackendError> {
-        self.db.lock().execute(
-            "UPDATE executions SET completion = ?1 WHERE request_id = ?2",
-            params![serde_json::to_string(completion)?, request_id],
-        )?;
+        self.db
+            .lock()
+            .prepare_cached("UPDATE executions SET completion = ?1 WHERE request_id = ?2")?
+            .execute(params![serde_json::to_string(completion)?, request_id])?;
         Ok(())
     }
 
     async fn abandon_execution(&self, request_id: &str) -> Result<(), BackendError> {
-        self.db.lock().execute(
-            "DELETE FROM executions WHERE request_id = ?1 AND completion IS NULL",
-            [request_id],
-        )?;
+        self.db
+            .lock()
+            .prepare_cached("DELETE FROM executions WHERE request_id = ?1 AND completion IS NULL")?
+            .execute([request_id])?;
         Ok(())
     }
 
@@ -260,7 +245,7 @@ impl Store for SqliteStore {
         let tx = conn.transaction()?;
         // Only the oldest live effect of a lane may run, and only when its time has come.
         let rows = tx
-            .prepare(
+            .prepare_cached(
                 "SELECT seq, payload, attempts, claimed FROM outbox AS o
                  WHERE dead = 0 AND next_at <= ?1
                    AND seq = (SELECT MIN(seq) FROM outbox WHERE lane = o.lane AND dead = 0)
@@ -277,10 +262,8 @@ impl Store for SqliteStore {
             .collect::<Result<Vec<_>, _>>()?;
         let mut due = Vec::with_capacity(rows.len());
         for (seq, payload, attempts, interrupted) in rows {
-            tx.execute(
-                "UPDATE outbox SET next_at = ?1, claimed = 1 WHERE seq = ?2",
-                params![leased_until, seq],
-            )?;
+            tx.prepare_cached("UPDATE outbox SET next_at = ?1, claimed = 1 WHERE seq = ?2")?
+                .execute(params![leased_until, seq])?;
             due.push(QueuedEffect {
                 id: EffectId::new(seq.to_string()),
                 effect: serde_json::from_str(&payload)?,
@@ -294,18 +277,17 @@ impl Store for SqliteStore {
 
     async fn next_effect_at(&self) -> Result<Option<DateTime<Utc>>, BackendError> {
         let conn = self.db.lock();
-        let next: Option<i64> = conn.query_row(
-            "SELECT MIN(next_at) FROM outbox WHERE dead = 0",
-            [],
-            |row| row.get(0),
-        )?;
+        let next: Option<i64> = conn
+            .prepare_cached("SELECT MIN(next_at) FROM outbox WHERE dead = 0")?
+            .query_row([], |row| row.get(0))?;
         Ok(next.and_then(DateTime::from_timestamp_millis))
     }
 
     async fn effect_done(&self, id: &EffectId) -> Result<(), BackendError> {
         self.db
             .lock()
-            .execute("DELETE FROM outbox WHERE seq = ?1", [seq(id)?])?;
+            .prepare_cached("DELETE FROM outbox WHERE seq = ?1")?
+            .execute([seq(id)?])?;
         Ok(())
     }
 
@@ -315,27 +297,22 @@ impl Store for SqliteStore {
         at: DateTime<Utc>,
         error: &str,
     ) -> Result<(), BackendError> {
-        self.db.lock().execute(
-            "UPDATE outbox SET attempts = attempts + 1, next_at = ?1, last_error = ?2, claimed = 0 WHERE seq = ?3",
-            params![at.timestamp_millis(), error, seq(id)?],
+        self.db.lock().prepare_cached("UPDATE outbox SET attempts = attempts + 1, next_at = ?1, last_error = ?2, claimed = 0 WHERE seq = ?3")?.execute(params![at.timestamp_millis(), error, seq(id)?],
         )?;
         Ok(())
     }
 
     async fn effect_dead(&self, id: &EffectId, error: &str) -> Result<(), BackendError> {
-        self.db.lock().execute(
-            "UPDATE outbox SET dead = 1, attempts = attempts + 1, last_error = ?1 WHERE seq = ?2",
-            params![error, seq(id)?],
+        self.db.lock().prepare_cached("UPDATE outbox SET dead = 1, attempts = attempts + 1, last_error = ?1 WHERE seq = ?2")?.execute(params![error, seq(id)?],
         )?;
         Ok(())
     }
 
     async fn outbox_depth(&self) -> Result<u64, BackendError> {
         let conn = self.db.lock();
-        let depth: i64 =
-            conn.query_row("SELECT COUNT(*) FROM outbox WHERE dead = 0", [], |row| {
-                row.get(0)
-            })?;
+        let depth: i64 = conn
+            .prepare_cached("SELECT COUNT(*) FROM outbox WHERE dead = 0")?
+            .query_row([], |row| row.get(0))?;
         Ok(depth.max(0) as u64)
     }
 
