@@ -1,7 +1,7 @@
 //! The one SQLite file under `DEVOPSBOT_DATA_DIR` that the embedded backends share.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::mpsc;
 
 use rusqlite::Connection;
 
@@ -75,10 +75,59 @@ CREATE TABLE IF NOT EXISTS stacks (
 );
 "#;
 
-/// A shared connection. Every statement is short, so a mutex is cheaper than a pool.
+/// Most pieces of work one transaction takes; more wait for the next.
+const MAX_BATCH: usize = 256;
+
+/// The one connection to the SQLite file, owned by a thread of its own.
+/// Work is queued to that thread; whatever queued up while it committed runs
+/// together in the next transaction (a group commit: one WAL append for a
+/// whole burst of requests), each piece in a savepoint of its own, so a piece
+/// that fails is undone alone. Callers never block a runtime thread on a lock.
 #[derive(Clone)]
 pub struct Database {
-    connection: Arc<Mutex<Connection>>,
+    queue: mpsc::Sender<Box<dyn Job>>,
+}
+
+/// A piece of queued work and whoever waits for its outcome.
+trait Job: Send {
+    /// Runs the work; false if it failed and its writes must be undone.
+    fn run(&mut self, connection: &Connection) -> bool;
+    /// Hands over the outcome once the transaction is committed (or failed).
+    fn finish(self: Box<Self>, committed: Result<(), BackendError>);
+}
+
+struct Pending<T, F, R> {
+    work: Option<F>,
+    outcome: Option<Result<T, BackendError>>,
+    reply: R,
+}
+
+impl<T, F, R> Job for Pending<T, F, R>
+where
+    T: Send,
+    F: FnOnce(&Connection) -> Result<T, BackendError> + Send,
+    R: FnOnce(Result<T, BackendError>) + Send,
+{
+    fn run(&mut self, connection: &Connection) -> bool {
+        let Some(work) = self.work.take() else {
+            return false;
+        };
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(connection)))
+            .unwrap_or_else(|_| Err(BackendError::Refused("a database task panicked".into())));
+        let succeeded = outcome.is_ok();
+        self.outcome = Some(outcome);
+        succeeded
+    }
+
+    fn finish(self: Box<Self>, committed: Result<(), BackendError>) {
+        let this = *self;
+        let outcome = match (committed, this.outcome) {
+            (Ok(()), Some(outcome)) => outcome,
+            (Err(error), _) => Err(error),
+            (Ok(()), None) => Err(BackendError::Refused("a database task never ran".into())),
+        };
+        (this.reply)(outcome);
+    }
 }
 
 impl Database {
@@ -91,23 +140,101 @@ impl Database {
         migrate(&connection)?;
         // Every statement the backends run stays parsed.
         connection.set_prepared_statement_cache_capacity(64);
-        Ok(Database {
-            connection: Arc::new(Mutex::new(connection)),
-        })
+        let (queue, jobs) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("sqlite".into())
+            .spawn(move || serve(connection, jobs))
+            .map_err(|error| BackendError::Unavailable(format!("sqlite thread: {error}")))?;
+        Ok(Database { queue })
+    }
+
+    /// Runs `work` in the next transaction; when this returns, its writes are
+    /// committed (or, if it returned an error, undone).
+    pub async fn run<T, F>(&self, work: F) -> Result<T, BackendError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, BackendError> + Send + 'static,
+    {
+        let (reply, outcome) = tokio::sync::oneshot::channel();
+        self.queue(work, move |result| {
+            let _ = reply.send(result);
+        })?;
+        outcome.await.unwrap_or_else(|_| Err(stopped()))
+    }
+
+    /// [`Database::run`] for code that is not async (start-up, operators' tools).
+    pub fn run_blocking<T, F>(&self, work: F) -> Result<T, BackendError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, BackendError> + Send + 'static,
+    {
+        let (reply, outcome) = mpsc::sync_channel(1);
+        self.queue(work, move |result| {
+            let _ = reply.send(result);
+        })?;
+        outcome.recv().unwrap_or_else(|_| Err(stopped()))
+    }
+
+    fn queue<T, F>(
+        &self,
+        work: F,
+        reply: impl FnOnce(Result<T, BackendError>) + Send + 'static,
+    ) -> Result<(), BackendError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, BackendError> + Send + 'static,
+    {
+        let job = Pending {
+            work: Some(work),
+            outcome: None,
+            reply,
+        };
+        self.queue.send(Box::new(job)).map_err(|_| stopped())
     }
 
     /// Readiness: the file is open and answers a query.
-    pub fn ping(&self) -> Result<(), BackendError> {
-        self.lock().query_row("SELECT 1", [], |_| Ok(()))?;
-        Ok(())
+    pub async fn ping(&self) -> Result<(), BackendError> {
+        self.run(|connection| Ok(connection.query_row("SELECT 1", [], |_| Ok(()))?))
+            .await
     }
+}
 
-    pub fn lock(&self) -> MutexGuard<'_, Connection> {
-        // A panic while holding the lock leaves SQLite consistent (statements are atomic).
-        self.connection
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+fn stopped() -> BackendError {
+    BackendError::Unavailable("the SQLite thread has stopped".into())
+}
+
+/// The database thread: takes what is queued, runs it in one transaction,
+/// commits, then tells each waiter. Ends when every `Database` is dropped.
+fn serve(mut connection: Connection, jobs: mpsc::Receiver<Box<dyn Job>>) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let committed = run_batch(&mut connection, &mut batch);
+        if let Err(error) = &committed {
+            tracing::error!(%error, pieces = batch.len(), "sqlite: a transaction failed");
+        }
+        for job in batch {
+            job.finish(committed.clone());
+        }
     }
+}
+
+fn run_batch(connection: &mut Connection, batch: &mut [Box<dyn Job>]) -> Result<(), BackendError> {
+    let mut transaction = connection.transaction()?;
+    for job in batch.iter_mut() {
+        let savepoint = transaction.savepoint()?;
+        if job.run(&savepoint) {
+            savepoint.commit()?;
+        }
+        // Dropped without commit, a savepoint rolls back.
+    }
+    transaction.commit()?;
+    Ok(())
 }
 
 /// Brings a file written by an earlier version up to the current schema.

@@ -59,7 +59,7 @@ impl EmbeddedBus {
         loop {
             if pruned.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
                 pruned = Some(tokio::time::Instant::now());
-                if let Err(error) = self.forget_old_ids() {
+                if let Err(error) = self.forget_old_ids().await {
                     tracing::warn!(%error, "bus: forgetting old event ids failed");
                 }
             }
@@ -74,20 +74,22 @@ impl EmbeddedBus {
         }
     }
 
-    fn forget_old_ids(&self) -> Result<(), BackendError> {
+    async fn forget_old_ids(&self) -> Result<(), BackendError> {
         let cutoff = now_millis() - i64::try_from(REMEMBER_IDS_FOR.as_millis()).unwrap_or(i64::MAX);
         self.db
-            .lock()
-            .prepare_cached("DELETE FROM bus_published WHERE at < ?1")?
-            .execute([cutoff])?;
-        Ok(())
+            .run(move |conn| {
+                conn.prepare_cached("DELETE FROM bus_published WHERE at < ?1")?
+                    .execute([cutoff])?;
+                Ok(())
+            })
+            .await
     }
 
     async fn deliver_due(&self) -> usize {
         let Some(routes) = self.routes.get() else {
             return 0;
         };
-        let due = match self.due() {
+        let due = match self.due().await {
             Ok(due) => due,
             Err(error) => {
                 tracing::error!(%error, "bus: reading deliveries failed");
@@ -103,30 +105,33 @@ impl EmbeddedBus {
                 },
                 Err(error) => Err(error),
             };
-            if let Err(error) = self.settle(seq, attempts, outcome) {
+            if let Err(error) = self.settle(seq, attempts, outcome).await {
                 tracing::error!(%error, "bus: recording a delivery failed");
             }
         }
         count
     }
 
-    fn due(&self) -> Result<Vec<(i64, String, Sealed, u32)>, BackendError> {
-        let conn = self.db.lock();
-        let mut statement = conn.prepare_cached(
-            "SELECT seq, target, sealed_envelope, attempts FROM bus_deliveries
-             WHERE dead = 0 AND next_at <= ?1 ORDER BY seq LIMIT 100",
-        )?;
-        let rows = statement
-            .query_map([now_millis()], |row| {
-                Ok((
-                    row.get(0)?,
-                    row.get(1)?,
-                    Sealed::from_stored(row.get(2)?),
-                    row.get(3)?,
-                ))
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(rows)
+    async fn due(&self) -> Result<Vec<(i64, String, Sealed, u32)>, BackendError> {
+        self.db
+            .run(|conn| {
+                let rows = conn
+                    .prepare_cached(
+                        "SELECT seq, target, sealed_envelope, attempts FROM bus_deliveries
+                         WHERE dead = 0 AND next_at <= ?1 ORDER BY seq LIMIT 100",
+                    )?
+                    .query_map([now_millis()], |row| {
+                        Ok((
+                            row.get(0)?,
+                            row.get(1)?,
+                            Sealed::from_stored(row.get(2)?),
+                            row.get(3)?,
+                        ))
+                    })?
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(rows)
+            })
+            .await
     }
 
     fn open(&self, sealed: &Sealed) -> Result<Envelope, BackendError> {
@@ -137,33 +142,49 @@ impl EmbeddedBus {
         Ok(serde_json::from_slice(&bytes)?)
     }
 
-    fn settle(
+    async fn settle(
         &self,
         seq: i64,
         attempts: u32,
         outcome: Result<(), BackendError>,
     ) -> Result<(), BackendError> {
-        let conn = self.db.lock();
         match outcome {
             Ok(()) => {
-                conn.prepare_cached("DELETE FROM bus_deliveries WHERE seq = ?1")?
-                    .execute([seq])?;
+                self.db
+                    .run(move |conn| {
+                        conn.prepare_cached("DELETE FROM bus_deliveries WHERE seq = ?1")?
+                            .execute([seq])?;
+                        Ok(())
+                    })
+                    .await
             }
             Err(BackendError::Unavailable(error)) => {
                 let backoff = 250i64.saturating_mul(1 << attempts.min(8));
                 tracing::warn!(%error, attempts, "bus: delivery failed, will retry");
-                conn.prepare_cached("UPDATE bus_deliveries SET attempts = attempts + 1, next_at = ?1, last_error = ?2 WHERE seq = ?3")?.execute(params![now_millis() + backoff, error, seq],
-                )?;
+                self.db
+                    .run(move |conn| {
+                        conn.prepare_cached(
+                            "UPDATE bus_deliveries SET attempts = attempts + 1, next_at = ?1, last_error = ?2 WHERE seq = ?3",
+                        )?
+                        .execute(params![now_millis() + backoff, error, seq])?;
+                        Ok(())
+                    })
+                    .await
             }
             Err(error) => {
                 tracing::error!(%error, "bus: delivery cannot succeed, kept as dead letter");
-                conn.prepare_cached(
-                    "UPDATE bus_deliveries SET dead = 1, last_error = ?1 WHERE seq = ?2",
-                )?
-                .execute(params![error.to_string(), seq])?;
+                let error = error.to_string();
+                self.db
+                    .run(move |conn| {
+                        conn.prepare_cached(
+                            "UPDATE bus_deliveries SET dead = 1, last_error = ?1 WHERE seq = ?2",
+                        )?
+                        .execute(params![error, seq])?;
+                        Ok(())
+                    })
+                    .await
             }
         }
-        Ok(())
     }
 }
 
@@ -176,25 +197,35 @@ impl EventBus for EmbeddedBus {
             .get()
             .map(|routes| routes.targets_for(event))
             .unwrap_or_default();
-        let sealed = self.sealer.seal(&serde_json::to_vec(event)?);
-        {
-            let mut conn = self.db.lock();
-            let tx = conn.transaction()?;
-            let first_time = tx
-                .prepare_cached("INSERT OR IGNORE INTO bus_published (id, at) VALUES (?1, ?2)")?
-                .execute(params![event.id, now_millis()])?
-                == 1;
-            if !first_time {
-                tracing::info!(detail_type = %event.detail_type, id = %event.id, "event already published; not published again");
-                return Ok(());
-            }
-            for target in &targets {
-                tx.prepare_cached("INSERT INTO bus_deliveries (target, sealed_envelope, next_at) VALUES (?1, ?2, ?3)")?.execute(params![target, sealed.as_stored(), now_millis()],
-                )?;
-            }
-            tx.commit()?;
+        let sealed = self
+            .sealer
+            .seal(&serde_json::to_vec(event)?)
+            .as_stored()
+            .to_string();
+        let (id, count) = (event.id.clone(), targets.len());
+        let first_time = self
+            .db
+            .run(move |conn| {
+                let first_time = conn
+                    .prepare_cached("INSERT OR IGNORE INTO bus_published (id, at) VALUES (?1, ?2)")?
+                    .execute(params![id, now_millis()])?
+                    == 1;
+                if first_time {
+                    for target in targets {
+                        conn.prepare_cached(
+                            "INSERT INTO bus_deliveries (target, sealed_envelope, next_at) VALUES (?1, ?2, ?3)",
+                        )?
+                        .execute(params![target, sealed, now_millis()])?;
+                    }
+                }
+                Ok(first_time)
+            })
+            .await?;
+        if !first_time {
+            tracing::info!(detail_type = %event.detail_type, id = %event.id, "event already published; not published again");
+            return Ok(());
         }
-        tracing::info!(detail_type = %event.detail_type, source = %event.source, id = %event.id, targets = targets.len(), "event published");
+        tracing::info!(detail_type = %event.detail_type, source = %event.source, id = %event.id, targets = count, "event published");
         // Nobody listening is normal outside tests.
         let _ = self.published.send(event.clone());
         self.wake.notify_one();
@@ -202,6 +233,6 @@ impl EventBus for EmbeddedBus {
     }
 
     async fn ping(&self) -> Result<(), BackendError> {
-        self.db.ping()
+        self.db.ping().await
     }
 }

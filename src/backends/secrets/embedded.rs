@@ -22,12 +22,13 @@ impl LocalVault {
 
     /// Reads a value back; the vault is write-only for the bot, this is for operators and tests.
     pub fn read(&self, name: &SecretName) -> Result<Option<SecretValue>, BackendError> {
-        let sealed: Option<String> = self
-            .db
-            .lock()
-            .prepare_cached("SELECT sealed_value FROM vault WHERE name = ?1")?
-            .query_row([name.as_str()], |row| row.get(0))
-            .optional()?;
+        let name = name.as_str().to_string();
+        let sealed: Option<String> = self.db.run_blocking(move |conn| {
+            Ok(conn
+                .prepare_cached("SELECT sealed_value FROM vault WHERE name = ?1")?
+                .query_row([name], |row| row.get(0))
+                .optional()?)
+        })?;
         sealed
             .map(|sealed| {
                 self.sealer
@@ -62,29 +63,42 @@ impl SecretsBackend for LocalVault {
         let tags =
             serde_json::json!({"createdBy": "DevOpsAutomation", "requestedBy": requested_by})
                 .to_string();
-        let conn = self.db.lock();
-        let existing: Option<String> = conn
-            .prepare_cached("SELECT arn FROM vault WHERE name = ?1")?
-            .query_row([name.as_str()], |row| row.get(0))
-            .optional()?;
-        let (action, arn) = match existing {
-            Some(arn) => {
-                conn.prepare_cached("UPDATE vault SET version_id = ?1, sealed_value = ?2, kms_key = COALESCE(?3, kms_key), tags = ?4, updated_at = ?5 WHERE name = ?6")?.execute(params![version_id, sealed.as_stored(), kms_key, tags, now, name.as_str()],
-                )?;
-                (PutAction::Updated, arn)
-            }
-            None => {
-                let arn = format!(
-                    "arn:aws:secretsmanager:local:000000000000:secret:{}-{}",
-                    name.as_str(),
-                    arn_suffix()
-                );
-                conn.prepare_cached("INSERT INTO vault (name, arn, version_id, sealed_value, kms_key, tags, created_at, updated_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)")?.execute(params![name.as_str(), arn, version_id, sealed.as_stored(), kms_key, tags, now],
-                )?;
-                (PutAction::Created, arn)
-            }
-        };
+        let (name, sealed, kms_key) = (
+            name.as_str().to_string(),
+            sealed.as_stored().to_string(),
+            kms_key.map(str::to_string),
+        );
+        let stored_version = version_id.clone();
+        let (action, arn) = self
+            .db
+            .run(move |conn| {
+                let existing: Option<String> = conn
+                    .prepare_cached("SELECT arn FROM vault WHERE name = ?1")?
+                    .query_row([&name], |row| row.get(0))
+                    .optional()?;
+                Ok(match existing {
+                    Some(arn) => {
+                        conn.prepare_cached(
+                            "UPDATE vault SET version_id = ?1, sealed_value = ?2, kms_key = COALESCE(?3, kms_key), tags = ?4, updated_at = ?5 WHERE name = ?6",
+                        )?
+                        .execute(params![stored_version, sealed, kms_key, tags, now, name])?;
+                        (PutAction::Updated, arn)
+                    }
+                    None => {
+                        let arn = format!(
+                            "arn:aws:secretsmanager:local:000000000000:secret:{name}-{}",
+                            arn_suffix()
+                        );
+                        conn.prepare_cached(
+                            "INSERT INTO vault (name, arn, version_id, sealed_value, kms_key, tags, created_at, updated_at)
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
+                        )?
+                        .execute(params![name, arn, stored_version, sealed, kms_key, tags, now])?;
+                        (PutAction::Created, arn)
+                    }
+                })
+            })
+            .await?;
         Ok(PutSecretOutcome {
             action,
             arn,
@@ -93,7 +107,7 @@ impl SecretsBackend for LocalVault {
     }
 
     async fn ping(&self) -> Result<(), BackendError> {
-        self.db.ping()
+        self.db.ping().await
     }
 }
 

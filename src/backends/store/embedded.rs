@@ -1,11 +1,12 @@
 //! The store on SQLite. Conditional writes are `UPDATE … WHERE version = ?`
-//! inside a transaction that also appends the effects.
+//! in the same piece of database work (one savepoint) that appends the
+//! effects; concurrent calls share a transaction (see `Database`).
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use rusqlite::{params, OptionalExtension, Transaction};
+use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{Effect, EffectId, Execution, QueuedEffect, Store, ThreadRef};
 use crate::backends::sqlite::{now_millis, Database};
@@ -23,14 +24,16 @@ impl SqliteStore {
     /// previous run had leased, it can no longer be working on: those effects
     /// are due now, and come back `interrupted`.
     pub fn open(db: Database) -> Result<Self, BackendError> {
-        db.lock()
-            .prepare_cached("UPDATE outbox SET next_at = ?1 WHERE claimed = 1 AND dead = 0")?
-            .execute([now_millis()])?;
+        db.run_blocking(|conn| {
+            conn.prepare_cached("UPDATE outbox SET next_at = ?1 WHERE claimed = 1 AND dead = 0")?
+                .execute([now_millis()])?;
+            Ok(())
+        })?;
         Ok(Self { db })
     }
 }
 
-fn append_effects(tx: &Transaction<'_>, effects: &[Effect]) -> Result<(), BackendError> {
+fn append_effects(tx: &Connection, effects: &[Effect]) -> Result<(), BackendError> {
     let now = now_millis();
     for effect in effects {
         tx.prepare_cached("INSERT INTO outbox (lane, payload, next_at) VALUES (?1, ?2, ?3)")?
@@ -62,38 +65,42 @@ impl Store for SqliteStore {
         request: &Request,
         effects: &[Effect],
     ) -> Result<(), BackendError> {
-        let mut conn = self.db.lock();
-        let tx = conn.transaction()?;
-        let inserted = tx
-            .prepare_cached(
-                "INSERT OR IGNORE INTO requests (id, requester, status, created_at, version, body)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?
-            .execute(params![
-                request.id.to_string(),
-                request.requester.identity(),
-                request.status.as_str(),
-                request.created_at.to_rfc3339(),
-                request.version as i64,
-                serde_json::to_string(request)?
-            ])?;
-        if inserted == 0 {
-            return Err(BackendError::Refused(format!(
-                "request {} already exists",
-                request.id
-            )));
-        }
-        append_effects(&tx, effects)?;
-        tx.commit()?;
-        Ok(())
+        let (id, requester, status, created_at, version, body) = (
+            request.id.to_string(),
+            request.requester.identity(),
+            request.status.as_str(),
+            request.created_at.to_rfc3339(),
+            request.version as i64,
+            serde_json::to_string(request)?,
+        );
+        let effects = effects.to_vec();
+        self.db
+            .run(move |conn| {
+                let inserted = conn
+                    .prepare_cached(
+                        "INSERT OR IGNORE INTO requests (id, requester, status, created_at, version, body)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    )?
+                    .execute(params![id, requester, status, created_at, version, body])?;
+                if inserted == 0 {
+                    return Err(BackendError::Refused(format!("request {id} already exists")));
+                }
+                append_effects(conn, &effects)
+            })
+            .await
     }
 
     async fn request(&self, id: &RequestId) -> Result<Option<Request>, BackendError> {
-        let conn = self.db.lock();
-        let body: Option<String> = conn
-            .prepare_cached("SELECT body FROM requests WHERE id = ?1")?
-            .query_row([id.to_string()], |row| row.get(0))
-            .optional()?;
+        let id = id.to_string();
+        let body: Option<String> = self
+            .db
+            .run(move |conn| {
+                Ok(conn
+                    .prepare_cached("SELECT body FROM requests WHERE id = ?1")?
+                    .query_row([id], |row| row.get(0))
+                    .optional()?)
+            })
+            .await?;
         body.map(|body| serde_json::from_str(&body).map_err(BackendError::from))
             .transpose()
     }
@@ -105,22 +112,28 @@ impl Store for SqliteStore {
     ) -> Result<bool, BackendError> {
         let mut stored = request.clone();
         stored.version = request.version + 1;
-        let mut conn = self.db.lock();
-        let tx = conn.transaction()?;
-        let updated = tx.prepare_cached("UPDATE requests SET status = ?1, version = ?2, body = ?3 WHERE id = ?4 AND version = ?5")?.execute(params![
-                stored.status.as_str(),
-                stored.version as i64,
-                serde_json::to_string(&stored)?,
-                request.id.to_string(),
-                request.version as i64
-            ],
-        )?;
-        if updated == 0 {
-            return Ok(false);
-        }
-        append_effects(&tx, effects)?;
-        tx.commit()?;
-        Ok(true)
+        let (status, version, body, id, seen) = (
+            stored.status.as_str(),
+            stored.version as i64,
+            serde_json::to_string(&stored)?,
+            request.id.to_string(),
+            request.version as i64,
+        );
+        let effects = effects.to_vec();
+        self.db
+            .run(move |conn| {
+                let updated = conn
+                    .prepare_cached(
+                        "UPDATE requests SET status = ?1, version = ?2, body = ?3 WHERE id = ?4 AND version = ?5",
+                    )?
+                    .execute(params![status, version, body, id, seen])?;
+                if updated == 0 {
+                    return Ok(false);
+                }
+                append_effects(conn, &effects)?;
+                Ok(true)
+            })
+            .await
     }
 
     async fn requests_by(
@@ -128,65 +141,94 @@ impl Store for SqliteStore {
         identity: &str,
         limit: usize,
     ) -> Result<Vec<Request>, BackendError> {
-        let conn = self.db.lock();
-        let mut statement = conn.prepare_cached(
-            "SELECT body FROM requests WHERE requester = ?1 ORDER BY created_at DESC LIMIT ?2",
-        )?;
-        let rows = statement
-            .query_map(params![identity, limit as i64], |row| row.get(0))?
-            .collect::<Result<Vec<String>, _>>()?;
+        let identity = identity.to_string();
+        let rows = self
+            .db
+            .run(move |conn| {
+                let rows = conn
+                    .prepare_cached(
+                        "SELECT body FROM requests WHERE requester = ?1 ORDER BY created_at DESC LIMIT ?2",
+                    )?
+                    .query_map(params![identity, limit as i64], |row| row.get(0))?
+                    .collect::<Result<Vec<String>, _>>()?;
+                Ok(rows)
+            })
+            .await?;
         decode_requests(rows)
     }
 
     async fn pending_requests(&self) -> Result<Vec<Request>, BackendError> {
-        let conn = self.db.lock();
-        let mut statement =
-            conn.prepare_cached("SELECT body FROM requests WHERE status = ?1 ORDER BY created_at")?;
-        let rows = statement
-            .query_map([Status::Pending.as_str()], |row| row.get(0))?
-            .collect::<Result<Vec<String>, _>>()?;
+        let rows = self
+            .db
+            .run(|conn| {
+                let rows = conn
+                    .prepare_cached(
+                        "SELECT body FROM requests WHERE status = ?1 ORDER BY created_at",
+                    )?
+                    .query_map([Status::Pending.as_str()], |row| row.get(0))?
+                    .collect::<Result<Vec<String>, _>>()?;
+                Ok(rows)
+            })
+            .await?;
         decode_requests(rows)
     }
 
     async fn set_thread(&self, id: &RequestId, thread: &ThreadRef) -> Result<(), BackendError> {
-        self.db.lock().prepare_cached("INSERT OR REPLACE INTO threads (request_id, platform, channel, ts) VALUES (?1, ?2, ?3, ?4)")?.execute(params![id.to_string(), thread.platform, thread.channel, thread.ts],
-        )?;
-        Ok(())
+        let (id, thread) = (id.to_string(), thread.clone());
+        self.db
+            .run(move |conn| {
+                conn.prepare_cached(
+                    "INSERT OR REPLACE INTO threads (request_id, platform, channel, ts) VALUES (?1, ?2, ?3, ?4)",
+                )?
+                .execute(params![id, thread.platform, thread.channel, thread.ts])?;
+                Ok(())
+            })
+            .await
     }
 
     async fn thread(&self, id: &RequestId) -> Result<Option<ThreadRef>, BackendError> {
-        let conn = self.db.lock();
-        let thread = conn
-            .prepare_cached("SELECT platform, channel, ts FROM threads WHERE request_id = ?1")?
-            .query_row([id.to_string()], |row| {
-                Ok(ThreadRef {
-                    platform: row.get(0)?,
-                    channel: row.get(1)?,
-                    ts: row.get(2)?,
-                })
+        let id = id.to_string();
+        self.db
+            .run(move |conn| {
+                Ok(conn
+                    .prepare_cached(
+                        "SELECT platform, channel, ts FROM threads WHERE request_id = ?1",
+                    )?
+                    .query_row([id], |row| {
+                        Ok(ThreadRef {
+                            platform: row.get(0)?,
+                            channel: row.get(1)?,
+                            ts: row.get(2)?,
+                        })
+                    })
+                    .optional()?)
             })
-            .optional()?;
-        Ok(thread)
+            .await
     }
 
     async fn claim_once(&self, key: &str, ttl: Duration) -> Result<bool, BackendError> {
         let now = now_millis();
         let expires_at = now.saturating_add(millis(ttl));
-        let conn = self.db.lock();
-        conn.prepare_cached("DELETE FROM dedupe WHERE key = ?1 AND expires_at <= ?2")?
-            .execute(params![key, now])?;
-        let inserted = conn
-            .prepare_cached("INSERT OR IGNORE INTO dedupe (key, expires_at) VALUES (?1, ?2)")?
-            .execute(params![key, expires_at])?;
-        Ok(inserted == 1)
+        let key = key.to_string();
+        self.db
+            .run(move |conn| {
+                conn.prepare_cached("DELETE FROM dedupe WHERE key = ?1 AND expires_at <= ?2")?
+                    .execute(params![key, now])?;
+                let inserted = conn
+                    .prepare_cached(
+                        "INSERT OR IGNORE INTO dedupe (key, expires_at) VALUES (?1, ?2)",
+                    )?
+                    .execute(params![key, expires_at])?;
+                Ok(inserted == 1)
+            })
+            .await
     }
 
     async fn enqueue(&self, effects: &[Effect]) -> Result<(), BackendError> {
-        let mut conn = self.db.lock();
-        let tx = conn.transaction()?;
-        append_effects(&tx, effects)?;
-        tx.commit()?;
-        Ok(())
+        let effects = effects.to_vec();
+        self.db
+            .run(move |conn| append_effects(conn, &effects))
+            .await
     }
 
     async fn start_execution(
@@ -194,21 +236,32 @@ impl Store for SqliteStore {
         request_id: &str,
         now: DateTime<Utc>,
     ) -> Result<Execution, BackendError> {
-        let conn = self.db.lock();
-        let inserted = conn
-            .prepare_cached(
-                "INSERT OR IGNORE INTO executions (request_id, started_at) VALUES (?1, ?2)",
-            )?
-            .execute(params![request_id, now.timestamp_millis()])?;
-        if inserted == 1 {
-            return Ok(Execution::Started);
-        }
-        let (started_at, completion): (i64, Option<String>) = conn
-            .prepare_cached("SELECT started_at, completion FROM executions WHERE request_id = ?1")?
-            .query_row([request_id], |row| Ok((row.get(0)?, row.get(1)?)))?;
-        Ok(match completion {
-            Some(completion) => Execution::Finished(Box::new(serde_json::from_str(&completion)?)),
-            None => Execution::Running {
+        let request_id = request_id.to_string();
+        let found: Option<(i64, Option<String>)> = self
+            .db
+            .run(move |conn| {
+                let inserted = conn
+                    .prepare_cached(
+                        "INSERT OR IGNORE INTO executions (request_id, started_at) VALUES (?1, ?2)",
+                    )?
+                    .execute(params![request_id, now.timestamp_millis()])?;
+                if inserted == 1 {
+                    return Ok(None);
+                }
+                Ok(Some(
+                    conn.prepare_cached(
+                        "SELECT started_at, completion FROM executions WHERE request_id = ?1",
+                    )?
+                    .query_row([request_id], |row| Ok((row.get(0)?, row.get(1)?)))?,
+                ))
+            })
+            .await?;
+        Ok(match found {
+            None => Execution::Started,
+            Some((_, Some(completion))) => {
+                Execution::Finished(Box::new(serde_json::from_str(&completion)?))
+            }
+            Some((started_at, None)) => Execution::Running {
                 since: DateTime::from_timestamp_millis(started_at).unwrap_or(now),
             },
         })
@@ -219,19 +272,27 @@ impl Store for SqliteStore {
         request_id: &str,
         completion: &Envelope,
     ) -> Result<(), BackendError> {
+        let (request_id, completion) = (request_id.to_string(), serde_json::to_string(completion)?);
         self.db
-            .lock()
-            .prepare_cached("UPDATE executions SET completion = ?1 WHERE request_id = ?2")?
-            .execute(params![serde_json::to_string(completion)?, request_id])?;
-        Ok(())
+            .run(move |conn| {
+                conn.prepare_cached("UPDATE executions SET completion = ?1 WHERE request_id = ?2")?
+                    .execute(params![completion, request_id])?;
+                Ok(())
+            })
+            .await
     }
 
     async fn abandon_execution(&self, request_id: &str) -> Result<(), BackendError> {
+        let request_id = request_id.to_string();
         self.db
-            .lock()
-            .prepare_cached("DELETE FROM executions WHERE request_id = ?1 AND completion IS NULL")?
-            .execute([request_id])?;
-        Ok(())
+            .run(move |conn| {
+                conn.prepare_cached(
+                    "DELETE FROM executions WHERE request_id = ?1 AND completion IS NULL",
+                )?
+                .execute([request_id])?;
+                Ok(())
+            })
+            .await
     }
 
     async fn claim_due_effects(
@@ -241,54 +302,64 @@ impl Store for SqliteStore {
         limit: usize,
     ) -> Result<Vec<QueuedEffect>, BackendError> {
         let leased_until = now.timestamp_millis().saturating_add(millis(lease));
-        let mut conn = self.db.lock();
-        let tx = conn.transaction()?;
-        // Only the oldest live effect of a lane may run, and only when its time has come.
-        let rows = tx
-            .prepare_cached(
-                "SELECT seq, payload, attempts, claimed FROM outbox AS o
-                 WHERE dead = 0 AND next_at <= ?1
-                   AND seq = (SELECT MIN(seq) FROM outbox WHERE lane = o.lane AND dead = 0)
-                 ORDER BY seq LIMIT ?2",
-            )?
-            .query_map(params![now.timestamp_millis(), limit as i64], |row| {
-                Ok((
-                    row.get::<_, i64>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get::<_, u32>(2)?,
-                    row.get::<_, bool>(3)?,
-                ))
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut due = Vec::with_capacity(rows.len());
-        for (seq, payload, attempts, interrupted) in rows {
-            tx.prepare_cached("UPDATE outbox SET next_at = ?1, claimed = 1 WHERE seq = ?2")?
-                .execute(params![leased_until, seq])?;
-            due.push(QueuedEffect {
-                id: EffectId::new(seq.to_string()),
-                effect: serde_json::from_str(&payload)?,
-                attempts,
-                interrupted,
-            });
-        }
-        tx.commit()?;
-        Ok(due)
+        self.db
+            .run(move |conn| {
+                // Only the oldest live effect of a lane may run, and only when its time has come.
+                let rows = conn
+                    .prepare_cached(
+                        "SELECT seq, payload, attempts, claimed FROM outbox AS o
+                         WHERE dead = 0 AND next_at <= ?1
+                           AND seq = (SELECT MIN(seq) FROM outbox WHERE lane = o.lane AND dead = 0)
+                         ORDER BY seq LIMIT ?2",
+                    )?
+                    .query_map(params![now.timestamp_millis(), limit as i64], |row| {
+                        Ok((
+                            row.get::<_, i64>(0)?,
+                            row.get::<_, String>(1)?,
+                            row.get::<_, u32>(2)?,
+                            row.get::<_, bool>(3)?,
+                        ))
+                    })?
+                    .collect::<Result<Vec<_>, _>>()?;
+                let mut due = Vec::with_capacity(rows.len());
+                for (seq, payload, attempts, interrupted) in rows {
+                    conn.prepare_cached(
+                        "UPDATE outbox SET next_at = ?1, claimed = 1 WHERE seq = ?2",
+                    )?
+                    .execute(params![leased_until, seq])?;
+                    due.push(QueuedEffect {
+                        id: EffectId::new(seq.to_string()),
+                        effect: serde_json::from_str(&payload)?,
+                        attempts,
+                        interrupted,
+                    });
+                }
+                Ok(due)
+            })
+            .await
     }
 
     async fn next_effect_at(&self) -> Result<Option<DateTime<Utc>>, BackendError> {
-        let conn = self.db.lock();
-        let next: Option<i64> = conn
-            .prepare_cached("SELECT MIN(next_at) FROM outbox WHERE dead = 0")?
-            .query_row([], |row| row.get(0))?;
+        let next: Option<i64> = self
+            .db
+            .run(|conn| {
+                Ok(conn
+                    .prepare_cached("SELECT MIN(next_at) FROM outbox WHERE dead = 0")?
+                    .query_row([], |row| row.get(0))?)
+            })
+            .await?;
         Ok(next.and_then(DateTime::from_timestamp_millis))
     }
 
     async fn effect_done(&self, id: &EffectId) -> Result<(), BackendError> {
+        let seq = seq(id)?;
         self.db
-            .lock()
-            .prepare_cached("DELETE FROM outbox WHERE seq = ?1")?
-            .execute([seq(id)?])?;
-        Ok(())
+            .run(move |conn| {
+                conn.prepare_cached("DELETE FROM outbox WHERE seq = ?1")?
+                    .execute([seq])?;
+                Ok(())
+            })
+            .await
     }
 
     async fn effect_retry(
@@ -297,26 +368,44 @@ impl Store for SqliteStore {
         at: DateTime<Utc>,
         error: &str,
     ) -> Result<(), BackendError> {
-        self.db.lock().prepare_cached("UPDATE outbox SET attempts = attempts + 1, next_at = ?1, last_error = ?2, claimed = 0 WHERE seq = ?3")?.execute(params![at.timestamp_millis(), error, seq(id)?],
-        )?;
-        Ok(())
+        let (seq, error) = (seq(id)?, error.to_string());
+        self.db
+            .run(move |conn| {
+                conn.prepare_cached(
+                    "UPDATE outbox SET attempts = attempts + 1, next_at = ?1, last_error = ?2, claimed = 0 WHERE seq = ?3",
+                )?
+                .execute(params![at.timestamp_millis(), error, seq])?;
+                Ok(())
+            })
+            .await
     }
 
     async fn effect_dead(&self, id: &EffectId, error: &str) -> Result<(), BackendError> {
-        self.db.lock().prepare_cached("UPDATE outbox SET dead = 1, attempts = attempts + 1, last_error = ?1 WHERE seq = ?2")?.execute(params![error, seq(id)?],
-        )?;
-        Ok(())
+        let (seq, error) = (seq(id)?, error.to_string());
+        self.db
+            .run(move |conn| {
+                conn.prepare_cached(
+                    "UPDATE outbox SET dead = 1, attempts = attempts + 1, last_error = ?1 WHERE seq = ?2",
+                )?
+                .execute(params![error, seq])?;
+                Ok(())
+            })
+            .await
     }
 
     async fn outbox_depth(&self) -> Result<u64, BackendError> {
-        let conn = self.db.lock();
-        let depth: i64 = conn
-            .prepare_cached("SELECT COUNT(*) FROM outbox WHERE dead = 0")?
-            .query_row([], |row| row.get(0))?;
+        let depth: i64 = self
+            .db
+            .run(|conn| {
+                Ok(conn
+                    .prepare_cached("SELECT COUNT(*) FROM outbox WHERE dead = 0")?
+                    .query_row([], |row| row.get(0))?)
+            })
+            .await?;
         Ok(depth.max(0) as u64)
     }
 
     async fn ping(&self) -> Result<(), BackendError> {
-        self.db.ping()
+        self.db.ping().await
     }
 }
