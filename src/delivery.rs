@@ -29,6 +29,7 @@ const EFFECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a claimed effect is ours; longer than any attempt can take, so
 /// another replica only takes it over when this one died mid-way.
 const LEASE: Duration = Duration::from_secs(120);
+const DEPTH_EVERY: Duration = Duration::from_secs(1);
 const RECORD_RETRY_FIRST: Duration = Duration::from_millis(250);
 const RECORD_RETRY_LONGEST: Duration = Duration::from_secs(10);
 /// A longer `Retry-After` than this is not believed.
@@ -132,10 +133,15 @@ fn kind(effect: &Effect) -> &'static str {
 impl Delivery {
     pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
+        let mut depth_read: Option<tokio::time::Instant> = None;
         loop {
             let worked = self.run_due().await;
-            if let Ok(depth) = self.store.outbox_depth().await {
-                self.metrics.outbox_depth.set(depth as i64);
+            // Counting the outbox costs as much as it holds: once a second is enough for a gauge.
+            if depth_read.is_none_or(|at| at.elapsed() >= DEPTH_EVERY) {
+                depth_read = Some(tokio::time::Instant::now());
+                if let Ok(depth) = self.store.outbox_depth().await {
+                    self.metrics.outbox_depth.set(depth as i64);
+                }
             }
             if worked {
                 continue;

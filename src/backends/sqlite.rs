@@ -39,6 +39,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     claimed INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS outbox_by_lane ON outbox (lane, dead, seq);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (dead, next_at);
 CREATE TABLE IF NOT EXISTS executions (
     request_id TEXT PRIMARY KEY,
     started_at INTEGER NOT NULL,

@@ -304,13 +304,15 @@ impl Store for SqliteStore {
         let leased_until = now.timestamp_millis().saturating_add(millis(lease));
         self.db
             .run(move |conn| {
-                // Only the oldest live effect of a lane may run, and only when its time has come.
+                // Only the oldest live effect of a lane may run, and only when its time has
+                // come; the longest-waiting first. Effects waiting for later (a rate limit,
+                // a backoff) are not even looked at.
                 let rows = conn
                     .prepare_cached(
                         "SELECT seq, payload, attempts, claimed FROM outbox AS o
                          WHERE dead = 0 AND next_at <= ?1
                            AND seq = (SELECT MIN(seq) FROM outbox WHERE lane = o.lane AND dead = 0)
-                         ORDER BY seq LIMIT ?2",
+                         ORDER BY next_at, seq LIMIT ?2",
                     )?
                     .query_map(params![now.timestamp_millis(), limit as i64], |row| {
                         Ok((
