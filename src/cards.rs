@@ -94,17 +94,6 @@ impl Cards {
     }
 }
 
-const STATUSES: [Status; 8] = [
-    Status::Pending,
-    Status::Approved,
-    Status::Published,
-    Status::Succeeded,
-    Status::Failed,
-    Status::Rejected,
-    Status::Expired,
-    Status::Cancelled,
-];
-
 fn request_data(request: &Request) -> Map<String, Value> {
     let action = request.action.kind().as_str();
     let target = request.action.target(request.stage);
@@ -149,7 +138,7 @@ fn request_data(request: &Request) -> Map<String, Value> {
     match data {
         Value::Object(mut map) => {
             // One flag per state, so the template words each state (`"$when": "${isRejected}"`).
-            for status in STATUSES {
+            for status in Status::ALL {
                 let flag = format!(
                     "is{}{}",
                     status.as_str()[..1].to_uppercase(),

@@ -341,17 +341,6 @@ mod tests {
         assert_eq!(shorten_escaped(&mrkdwn("ab<cd"), 7), "ab&lt;…");
     }
 
-    const STATUSES: [Status; 8] = [
-        Status::Pending,
-        Status::Approved,
-        Status::Published,
-        Status::Succeeded,
-        Status::Failed,
-        Status::Rejected,
-        Status::Expired,
-        Status::Cancelled,
-    ];
-
     /// What people and agents can put into a card: Slack markup, template
     /// syntax, unicode, and strings far beyond any limit.
     fn hostile_text() -> impl Strategy<Value = String> {
@@ -398,7 +387,7 @@ mod tests {
             proptest::collection::vec(hostile_text(), 0..3),
             proptest::collection::vec(hostile_text(), 0..3),
             hostile_text(),
-            0..STATUSES.len(),
+            0..Status::ALL.len(),
             any::<u64>(),
         )
             .prop_map(
@@ -416,7 +405,7 @@ mod tests {
                             at: Utc::now(),
                         })
                         .collect();
-                    request.status = STATUSES[status];
+                    request.status = Status::ALL[status];
                     request.history.push(Transition {
                         to: request.status,
                         by: decided_by,

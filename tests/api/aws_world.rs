@@ -32,11 +32,7 @@ impl Moto {
     pub async fn start_with(env: &[(&str, &str)]) -> Moto {
         let program = std::env::var("DEVOPSBOT_TEST_MOTO_SERVER")
             .unwrap_or_else(|_| "moto_server".to_string());
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = crate::helpers::free_port();
         let child = Command::new(&program)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .envs(env.iter().copied())

@@ -14,7 +14,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
 use crate::fake_slack::FakeSlack;
-use crate::helpers::{request_id_of, wait_until_ready, TestApp};
+use crate::helpers::{free_port, request_id_of, wait_until_ready, TestApp};
 
 const REQUESTS: usize = 30;
 const KILLS: usize = 20;
@@ -111,12 +111,7 @@ async fn killed_at_random_points_the_bot_loses_nothing_and_repeats_nothing() {
     let slack = FakeSlack::start().await;
     slack.set_latency(Duration::from_millis(40));
     let dir = Arc::new(tempfile::tempdir().unwrap());
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
+    let listen = format!("127.0.0.1:{}", free_port());
     let app = TestApp::client_of(format!("http://{listen}"), slack.clone(), dir.clone());
     let mut bot = Bot::start(&slack, dir.path(), &listen);
     wait_until_ready(&app.http, &app.address).await;

@@ -154,12 +154,7 @@ impl TestApp {
     /// second replica, sharing nothing with this one but AWS and Slack.
     pub async fn spawn_process_on(world: &Arc<AwsWorld>, slack: FakeSlack) -> TestApp {
         let data_dir = Arc::new(tempfile::tempdir().expect("temp dir"));
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let listen = format!("127.0.0.1:{port}");
+        let listen = format!("127.0.0.1:{}", free_port());
         let child = Self::bot_process(&slack, data_dir.path(), Some(world), &listen)
             .env("RUST_LOG", "warn")
             .stderr(std::process::Stdio::inherit())
@@ -510,6 +505,15 @@ pub fn request_id_of(card: &Value) -> String {
     let text = card.to_string();
     let at = text.find("Request ").expect("card names its request") + "Request ".len();
     text[at..at + 36].to_string()
+}
+
+/// A loopback port nobody listens on now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Waits (up to 10 s) until the app at `address` says it is ready.
