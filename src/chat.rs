@@ -52,8 +52,7 @@ pub trait ChatPlatform: Send + Sync {
         message: &ChatMessage,
     ) -> Result<String, ChatError>;
     /// The ts of `message` if it is already in `channel` (in the thread
-    /// `thread_ts` if given): a message carrying its key, or, in a thread,
-    /// one of the bot's own with its exact text.
+    /// `thread_ts` if given), found by its key; None for a message without one.
     async fn find_posted(
         &self,
         channel: &str,

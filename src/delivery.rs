@@ -210,7 +210,7 @@ impl Delivery {
 
     /// Writes down how an effect went. Unwritten, the effect would sit out
     /// its lease and then be tried again for nothing, so while the store
-    /// cannot be reached this keeps trying, as long as the lease lasts.
+    /// cannot be reached this keeps trying, for half the lease at most.
     async fn record(&self, queued: &QueuedEffect, settled: &Settled, claimed_at: Instant) {
         let mut wait = RECORD_RETRY_FIRST;
         loop {
@@ -223,7 +223,10 @@ impl Delivery {
             };
             match recorded {
                 Ok(()) => return,
-                Err(error) if claimed_at.elapsed() + wait < LEASE => {
+                // Well before the lease ends, so a late write cannot land on another replica's claim.
+                Err(error @ BackendError::Unavailable(_))
+                    if claimed_at.elapsed() + wait < LEASE / 2 =>
+                {
                     tracing::warn!(%error, retry_in_ms = wait.as_millis() as u64, "outbox: recording an effect's outcome failed; trying again");
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(RECORD_RETRY_LONGEST);

@@ -228,11 +228,20 @@ fn serve(mut connection: Connection, jobs: mpsc::Receiver<Box<dyn Job>>) {
 fn run_batch(connection: &mut Connection, batch: &mut [Box<dyn Job>]) -> Result<(), BackendError> {
     let mut transaction = connection.transaction()?;
     for job in batch.iter_mut() {
-        let savepoint = transaction.savepoint()?;
-        if job.run(&savepoint) {
-            savepoint.commit()?;
+        {
+            let savepoint = transaction.savepoint()?;
+            if job.run(&savepoint) {
+                savepoint.commit()?;
+            }
+            // Dropped without commit, a savepoint rolls back.
         }
-        // Dropped without commit, a savepoint rolls back.
+        // A full disk or an I/O error makes SQLite roll the whole transaction
+        // back by itself: nothing of this batch is written, so nothing more runs.
+        if transaction.is_autocommit() {
+            return Err(BackendError::Unavailable(
+                "sqlite rolled the transaction back (disk full or I/O error)".into(),
+            ));
+        }
     }
     transaction.commit()?;
     Ok(())

@@ -47,12 +47,36 @@ fn text_of(value: &Value, key: &str) -> String {
         .to_string()
 }
 
-/// Escapes what Slack treats as control characters and turns `**bold**` into `*bold*`.
-pub fn mrkdwn(text: &str) -> String {
+/// Escapes what Slack treats as control characters (`<!channel>`, `<@U…>`, links).
+pub fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
-        .replace("**", "*")
+}
+
+/// Escapes like [`escape`] and turns the card templates' `**bold**` into `*bold*`.
+pub fn mrkdwn(text: &str) -> String {
+    escape(text).replace("**", "*")
+}
+
+/// Slack's limit for a section block's text, and for a `block_id`.
+pub const SECTION_TEXT_MAX: usize = 3000;
+pub const BLOCK_ID_MAX: usize = 255;
+
+/// A plain message as one section block that carries `key` as its `block_id`:
+/// Slack returns blocks with every message it reads back, metadata only when
+/// asked, so the key is found in a thread whatever Slack does to the text.
+pub fn keyed_text_block(escaped: &str, key: &str) -> Value {
+    json!({
+        "type": "section",
+        "block_id": prefix_within(key, BLOCK_ID_MAX),
+        "text": mrkdwn_object(escaped, SECTION_TEXT_MAX),
+    })
+}
+
+/// A message's `text`, escaped and cut to what a section shows.
+pub fn plain_text(text: &str) -> String {
+    shorten_escaped(&escape(text), SECTION_TEXT_MAX)
 }
 
 /// Length as Slack may count it. UTF-16 units are never fewer than characters,

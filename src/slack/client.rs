@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 use slack_morphism::errors::SlackClientError;
 use slack_morphism::prelude::*;
 
-use super::blocks::{mrkdwn, to_blocks};
+use super::blocks::{keyed_text_block, plain_text, to_blocks};
 use crate::chat::{ChatError, ChatMessage, ChatPlatform};
 
 pub struct SlackChat {
@@ -51,7 +51,7 @@ impl SlackChat {
             .parse()
             .map_err(|_| ChatError::Permanent("response_url is not a URL".into()))?;
         let request: SlackApiPostWebhookMessageRequest =
-            typed(json!({"text": mrkdwn(text), "response_type": "ephemeral"}))?;
+            typed(json!({"text": plain_text(text), "response_type": "ephemeral"}))?;
         self.client
             .respond_to_event(&SlackResponseUrl(url), &request)
             .await
@@ -75,9 +75,12 @@ const SEARCH_DEPTH: u16 = 200;
 /// Every text the bot sends is plain: `<!channel>`, `<@U…>` or a link in an
 /// agent's error message, a stack name or a person's input stays text.
 fn content(message: &ChatMessage) -> Value {
-    let mut body = json!({"text": mrkdwn(&message.text)});
-    if let Some(card) = &message.card {
-        body["blocks"] = Value::Array(to_blocks(card));
+    let text = plain_text(&message.text);
+    let mut body = json!({"text": text});
+    match (&message.card, &message.key) {
+        (Some(card), _) => body["blocks"] = Value::Array(to_blocks(card)),
+        (None, Some(key)) => body["blocks"] = json!([keyed_text_block(&text, key)]),
+        (None, None) => {}
     }
     if let Some(key) = &message.key {
         body["metadata"] = json!({"event_type": KEYED_MESSAGE, "event_payload": {"key": key}});
@@ -85,24 +88,27 @@ fn content(message: &ChatMessage) -> Value {
     body
 }
 
-fn carries(found: &SlackHistoryMessage, message: &ChatMessage, in_thread: bool) -> bool {
-    let key = found
+/// Whether `found` is the message that carries `key`: in its metadata (which
+/// Slack returns from the history when asked) or as a block's `block_id`
+/// (which it always returns).
+fn carries(found: &SlackHistoryMessage, key: &str) -> bool {
+    let in_metadata = found
         .content
         .metadata
         .as_ref()
         .filter(|metadata| metadata.event_type == KEYED_MESSAGE)
         .and_then(|metadata| metadata.event_payload.as_ref())
-        .and_then(|payload| payload.get("key"));
-    match (key, &message.key) {
-        (Some(found), Some(wanted)) => found == wanted,
-        // Slack leaves metadata out of thread replies unless asked, which
-        // slack-morphism cannot ask; the bot's own reply with the same text is it.
-        _ => {
-            in_thread
-                && found.sender.bot_id.is_some()
-                && found.content.text.as_deref() == Some(mrkdwn(&message.text).as_str())
-        }
-    }
+        .and_then(|payload| payload.get("key"))
+        .is_some_and(|found| found == key);
+    let in_blocks = || {
+        serde_json::to_value(&found.content.blocks)
+            .ok()
+            .and_then(|blocks| blocks.as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .any(|block| block["block_id"] == key)
+    };
+    in_metadata || in_blocks()
 }
 
 /// Sorts Slack's failures into wait-and-retry, back-off-and-retry and give-up.
@@ -179,9 +185,12 @@ impl ChatPlatform for SlackChat {
                     .messages
             }
         };
+        let Some(key) = &message.key else {
+            return Ok(None);
+        };
         Ok(messages
             .iter()
-            .find(|found| carries(found, message, thread_ts.is_some()))
+            .find(|found| carries(found, key))
             .map(|found| found.origin.ts.0.clone()))
     }
 
@@ -205,7 +214,7 @@ impl ChatPlatform for SlackChat {
 
     async fn ephemeral(&self, channel: &str, user: &str, text: &str) -> Result<(), ChatError> {
         let request: SlackApiChatPostEphemeralRequest =
-            typed(json!({"channel": channel, "user": user, "text": mrkdwn(text)}))?;
+            typed(json!({"channel": channel, "user": user, "text": plain_text(text)}))?;
         self.client
             .open_session(&self.token)
             .chat_post_ephemeral(&request)
@@ -222,11 +231,22 @@ mod tests {
     #[test]
     fn text_from_agents_or_people_cannot_mention_or_link() {
         let body = content(&ChatMessage::text(
-            "❌ failed: <!channel> see <https://evil.example|the fix> & <@U0BOSS>",
+            "❌ failed: <!channel> see <https://evil.example|the fix> & <@U0BOSS> in /a/**",
         ));
         assert_eq!(
             body["text"],
-            "❌ failed: &lt;!channel&gt; see &lt;https://evil.example|the fix&gt; &amp; &lt;@U0BOSS&gt;"
+            "❌ failed: &lt;!channel&gt; see &lt;https://evil.example|the fix&gt; &amp; &lt;@U0BOSS&gt; in /a/**"
         );
+    }
+
+    #[test]
+    fn a_keyed_reply_carries_its_key_as_a_block_id_and_fits_a_section() {
+        let long = "x".repeat(50_000);
+        let body = content(&ChatMessage::text(long).keyed("reply:r1:42"));
+        let block = &body["blocks"][0];
+        assert_eq!(block["block_id"], "reply:r1:42");
+        assert!(block["text"]["text"].as_str().unwrap().chars().count() <= 3000);
+        assert!(body["text"].as_str().unwrap().chars().count() <= 3000);
+        assert_eq!(body["metadata"]["event_payload"]["key"], "reply:r1:42");
     }
 }

@@ -7,9 +7,8 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::{Form, Json};
 use serde_json::{json, Value};
-use tokio::sync::oneshot;
 
-use super::{person, SlackState, ANSWER_WITHIN};
+use super::{person, within_deadline, EarlyAnswer, InTime, SlackState};
 use crate::domain::command::Command;
 use crate::domain::events::rfc3339;
 use crate::domain::request::{ActionKind, Origin, Request};
@@ -36,15 +35,6 @@ pub fn ephemeral(text: impl Into<String>) -> Response {
 /// Told at once when a request cannot be stored now and is held instead.
 pub const HELD: &str = "⏳ The bot's store cannot be reached right now. Your request is held and will be recorded as soon as it is back; the answer will come here.";
 
-/// Lets work answer the person before it has finished.
-pub struct EarlyAnswer(oneshot::Sender<String>);
-
-impl EarlyAnswer {
-    pub fn give(self, text: &str) {
-        let _ = self.0.send(text.to_string());
-    }
-}
-
 /// Runs `work`, answering with its text if it finishes within Slack's
 /// deadline; otherwise answers with what the work said early, or "working on
 /// it", and reports the outcome through `response_url`.
@@ -53,15 +43,15 @@ where
     W: FnOnce(EarlyAnswer) -> F,
     F: Future<Output = String> + Send + 'static,
 {
-    let (early, early_text) = oneshot::channel();
-    let mut task = tokio::spawn(work(EarlyAnswer(early)));
-    let first_answer = tokio::select! {
-        finished = &mut task => return match finished {
-            Ok(text) => ephemeral(text),
-            Err(_) => ephemeral("Something went wrong on our side; nothing was changed. Please try again."),
-        },
-        Ok(text) = early_text => text,
-        _ = tokio::time::sleep(ANSWER_WITHIN) => "⏳ Working on it…".to_string(),
+    let (first_answer, task) = match within_deadline(work).await {
+        InTime::Finished(Ok(text)) => return ephemeral(text),
+        InTime::Finished(Err(_)) => {
+            return ephemeral(
+                "Something went wrong on our side; nothing was changed. Please try again.",
+            )
+        }
+        InTime::Early(text, task) => (text, task),
+        InTime::Late(task) => ("⏳ Working on it…".to_string(), task),
     };
     let client = state.client.clone();
     tokio::spawn(async move {
@@ -72,6 +62,19 @@ where
         }
     });
     ephemeral(first_answer)
+}
+
+/// Tells the person through `response_url` (when the early answer has gone).
+pub fn tell_later(state: &SlackState, response_url: &str) -> impl Fn(String) + Send + 'static {
+    let (client, response_url) = (state.client.clone(), response_url.to_string());
+    move |text| {
+        if let Some(client) = client.clone() {
+            let response_url = response_url.clone();
+            tokio::spawn(async move {
+                let _ = client.respond(&response_url, &text).await;
+            });
+        }
+    }
 }
 
 pub async fn handle(
@@ -97,8 +100,10 @@ pub async fn handle(
         Command::Deploy { stack, stage } => {
             let requests = state.requests.clone();
             let stage = requests.stage_or_default(stage);
+            let tell = tell_later(&state, &response_url);
             answer_in_time(&state, response_url, |early| async move {
-                let on_hold = || early.give(HELD);
+                // Held after the first answer went: the person hears it through response_url.
+                let on_hold = || early.give(HELD).unwrap_or_else(tell);
                 match requests
                     .submit(NewAction::Deploy { stack }, stage, who, origin, on_hold)
                     .await

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use super::commands::{
     created_text, PutSecretForm, HELD, PUT_SECRET_CALLBACK, SECRET_BLOCK, SECRET_INPUT,
 };
-use super::{person, within_deadline, SlackState};
+use super::{person, within_deadline, EarlyAnswer, InTime, SlackState};
 use crate::backends::store::Effect;
 use crate::chat::ChatPlatform;
 use crate::domain::names::{RequestId, SecretName, Stage};
@@ -83,7 +83,8 @@ async fn block_actions(state: SlackState, payload: Value) -> Response {
         str_at(&payload, &["trigger_id"]),
         str_at(&action, &["action_ts"])
     );
-    store_before_answering(async move {
+    let tell = super::commands::tell_later(&state, str_at(&payload, &["response_url"]));
+    store_before_answering(|early| async move {
         match state.store.claim_once(&delivery, DEDUPE_FOR).await {
             Ok(true) => {}
             Ok(false) => {
@@ -101,14 +102,10 @@ async fn block_actions(state: SlackState, payload: Value) -> Response {
             "reject" => Verdict::Reject,
             _ => return,
         };
-        let response_url = str_at(&payload, &["response_url"]).to_string();
-        let client = state.client.clone();
+        // Held: Slack hears "ok" at once, the person why nothing shows yet.
         let on_hold = move || {
-            if let Some(client) = client {
-                tokio::spawn(async move {
-                    let _ = client.respond(&response_url, HELD_CLICK).await;
-                });
-            }
+            let _ = early.give("");
+            tell(HELD_CLICK.to_string());
         };
         let outcome = match RequestId::parse(str_at(&data, &["requestId"])) {
             Ok(id) => state
@@ -137,10 +134,18 @@ async fn block_actions(state: SlackState, payload: Value) -> Response {
 
 /// Runs `work` on its own task and waits for it up to Slack's deadline, so the
 /// click or submission is stored before Slack hears "ok" (and survives a
-/// shutdown); if the store is slow, the answer goes first and the work goes on.
-async fn store_before_answering(work: impl std::future::Future<Output = ()> + Send + 'static) {
-    if within_deadline(work).await.is_err() {
-        tracing::warn!("interaction still being stored after the acknowledgement deadline");
+/// shutdown); if the store is slow or the work is held, the answer goes first
+/// and the work goes on.
+async fn store_before_answering<W, F>(work: W)
+where
+    W: FnOnce(EarlyAnswer) -> F,
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    match within_deadline(work).await {
+        InTime::Finished(_) | InTime::Early(..) => {}
+        InTime::Late(_) => {
+            tracing::warn!("interaction still being stored after the acknowledgement deadline")
+        }
     }
 }
 
@@ -192,14 +197,16 @@ async fn put_secret_submission(state: SlackState, payload: Value) -> Response {
     // The modal closes on an empty 200; the outcome is told to the requester privately.
     let client = state.client.clone();
     let (held_channel, held_user) = (channel.clone(), user.clone());
-    let on_hold = move || {
-        if let Some(client) = client {
-            tokio::spawn(async move {
-                let _ = client.ephemeral(&held_channel, &held_user, HELD).await;
-            });
-        }
-    };
-    let work = async move {
+    let work = |early: EarlyAnswer| async move {
+        // Held: the modal closes at once, and the person hears why nothing shows yet.
+        let on_hold = move || {
+            let _ = early.give("");
+            if let Some(client) = client {
+                tokio::spawn(async move {
+                    let _ = client.ephemeral(&held_channel, &held_user, HELD).await;
+                });
+            }
+        };
         let text = match requests.submit(action, stage, who, origin, on_hold).await {
             Ok(request) => created_text(&request),
             Err(error) => format!("⚠️ {error}"),

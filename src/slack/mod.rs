@@ -69,15 +69,39 @@ pub fn router(state: SlackState) -> Router {
         .with_state(state)
 }
 
-/// Runs `work` on its own task and waits for it up to Slack's deadline:
-/// its outcome if it finished (Err if it panicked), or the still-running task.
-async fn within_deadline<T: Send + 'static>(
-    work: impl std::future::Future<Output = T> + Send + 'static,
-) -> Result<Result<T, tokio::task::JoinError>, tokio::task::JoinHandle<T>> {
-    let mut task = tokio::spawn(work);
-    match tokio::time::timeout(ANSWER_WITHIN, &mut task).await {
-        Ok(finished) => Ok(finished),
-        Err(_) => Err(task),
+/// Lets work answer the person before it has finished (it is held).
+pub struct EarlyAnswer(tokio::sync::oneshot::Sender<String>);
+
+impl EarlyAnswer {
+    /// Err(text) when the answer has gone already: tell them another way.
+    pub fn give(self, text: &str) -> Result<(), String> {
+        self.0.send(text.to_string())
+    }
+}
+
+/// How work started for a Slack request stood at Slack's deadline.
+enum InTime<T> {
+    Finished(Result<T, tokio::task::JoinError>),
+    /// It answered early and goes on.
+    Early(String, tokio::task::JoinHandle<T>),
+    /// It was still running at the deadline.
+    Late(tokio::task::JoinHandle<T>),
+}
+
+/// Runs `work` on its own task and waits for it up to Slack's deadline, or
+/// until it gives an early answer.
+async fn within_deadline<T, W, F>(work: W) -> InTime<T>
+where
+    T: Send + 'static,
+    W: FnOnce(EarlyAnswer) -> F,
+    F: std::future::Future<Output = T> + Send + 'static,
+{
+    let (early, early_text) = tokio::sync::oneshot::channel();
+    let mut task = tokio::spawn(work(EarlyAnswer(early)));
+    tokio::select! {
+        finished = &mut task => InTime::Finished(finished),
+        Ok(text) = early_text => InTime::Early(text, task),
+        _ = tokio::time::sleep(ANSWER_WITHIN) => InTime::Late(task),
     }
 }
 

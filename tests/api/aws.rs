@@ -313,6 +313,12 @@ async fn replicas_decide_and_post_once(
         update.to_string().contains("Succeeded in")
     })
     .await;
+    // The card can show the outcome before the reply is posted (it is drawn from
+    // the request as it stands), and the reply may wait for the other replica's outbox.
+    wait_for_call(&first, "chat.postMessage", |post| {
+        post.get("thread_ts").is_some()
+    })
+    .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let later = first

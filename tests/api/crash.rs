@@ -238,6 +238,14 @@ async fn killed_at_random_points_the_bot_loses_nothing_and_repeats_nothing() {
             published <= 1,
             "seed {seed}: request {id} was published {published} times"
         );
+        let executed = log
+            .lines()
+            .filter(|line| line.contains("devops.request executed") && line.contains(id.as_str()))
+            .count();
+        assert!(
+            executed <= 1,
+            "seed {seed}: request {id} was executed {executed} times"
+        );
     }
     let executions: i64 = state_db(dir.path())
         .query_row(
