@@ -51,18 +51,26 @@ enum Settled {
     Retry {
         at: chrono::DateTime<Utc>,
         reason: String,
+        outcome_unknown: bool,
     },
     Dead(String),
 }
 
 enum Failed {
-    Retry { after: Duration, reason: String },
+    Retry {
+        after: Duration,
+        reason: String,
+        /// The attempt was refused before anything was done (a rate limit, a
+        /// card not posted yet): the next one need not look for its effect.
+        refused: bool,
+    },
     GiveUp(String),
 }
 
 impl From<BackendError> for Failed {
     fn from(error: BackendError) -> Self {
         Failed::Retry {
+            refused: false,
             after: Duration::from_secs(1),
             reason: error.to_string(),
         }
@@ -76,10 +84,12 @@ fn backoff(attempts: u32) -> Duration {
 fn chat_failure(error: ChatError, attempts: u32) -> Failed {
     match error {
         ChatError::RateLimited(after) => Failed::Retry {
+            refused: true,
             after: after.unwrap_or(Duration::from_secs(1)).min(MAX_RETRY_AFTER),
             reason: "rate limited".into(),
         },
         ChatError::Transient(reason) => Failed::Retry {
+            refused: false,
             after: backoff(attempts),
             reason,
         },
@@ -87,9 +97,9 @@ fn chat_failure(error: ChatError, attempts: u32) -> Failed {
     }
 }
 
-/// Posts `message` once: an effect that was tried before may have reached
-/// the channel without its answer reaching us (a crash, a timeout, a dropped
-/// connection), so it is looked for before it is posted again.
+/// Posts `message` once: an effect whose earlier attempt ended without a
+/// known outcome (a crash, a timeout, a dropped connection, a 5xx) may have
+/// reached the channel, so it is looked for before it is posted again.
 async fn post_once(
     platform: &dyn ChatPlatform,
     channel: &str,
@@ -97,7 +107,7 @@ async fn post_once(
     message: &ChatMessage,
     queued: &QueuedEffect,
 ) -> Result<String, Failed> {
-    if queued.interrupted || queued.attempts > 0 {
+    if queued.interrupted {
         match platform.find_posted(channel, thread_ts, message).await {
             Ok(Some(ts)) => {
                 tracing::info!(
@@ -111,7 +121,17 @@ async fn post_once(
             Err(ChatError::Permanent(reason)) => {
                 tracing::warn!(effect = kind(&queued.effect), %reason, "outbox: cannot check whether an earlier attempt posted; posting");
             }
-            Err(error) => return Err(chat_failure(error, queued.attempts)),
+            // Still not known whether the earlier attempt posted: the next one looks again.
+            Err(error) => {
+                return Err(match chat_failure(error, queued.attempts) {
+                    Failed::Retry { after, reason, .. } => Failed::Retry {
+                        after,
+                        reason,
+                        refused: false,
+                    },
+                    gave_up => gave_up,
+                })
+            }
         }
     }
     platform
@@ -184,6 +204,7 @@ impl Delivery {
         let performed = match tokio::time::timeout(EFFECT_TIMEOUT, self.perform(&queued)).await {
             Ok(performed) => performed,
             Err(_) => Err(Failed::Retry {
+                refused: false,
                 after: backoff(queued.attempts),
                 reason: format!("no answer within {EFFECT_TIMEOUT:?}"),
             }),
@@ -193,11 +214,19 @@ impl Delivery {
                 self.metrics.effect(kind, "done");
                 Settled::Done
             }
-            Err(Failed::Retry { after, reason }) if queued.attempts < u32::MAX - 1 => {
+            Err(Failed::Retry {
+                after,
+                reason,
+                refused,
+            }) if queued.attempts < u32::MAX - 1 => {
                 self.metrics.effect(kind, "retry");
                 tracing::warn!(effect = kind, attempts = queued.attempts + 1, retry_in_ms = after.as_millis() as u64, %reason, "outbox: will retry");
                 let at = Utc::now() + chrono::Duration::from_std(after).unwrap_or_default();
-                Settled::Retry { at, reason }
+                Settled::Retry {
+                    at,
+                    reason,
+                    outcome_unknown: !refused,
+                }
             }
             Err(Failed::Retry { reason, .. } | Failed::GiveUp(reason)) => {
                 self.metrics.effect(kind, "dead");
@@ -216,8 +245,14 @@ impl Delivery {
         loop {
             let recorded = match settled {
                 Settled::Done => self.store.effect_done(&queued.id).await,
-                Settled::Retry { at, reason } => {
-                    self.store.effect_retry(&queued.id, *at, reason).await
+                Settled::Retry {
+                    at,
+                    reason,
+                    outcome_unknown,
+                } => {
+                    self.store
+                        .effect_retry(&queued.id, *at, reason, *outcome_unknown)
+                        .await
                 }
                 Settled::Dead(reason) => self.store.effect_dead(&queued.id, reason).await,
             };
@@ -241,6 +276,7 @@ impl Delivery {
 
     fn platform(&self, name: &str) -> Result<&Arc<dyn ChatPlatform>, Failed> {
         self.platforms.get(name).ok_or_else(|| Failed::Retry {
+            refused: true,
             after: Duration::from_secs(30),
             reason: format!("{name} is not configured"),
         })
@@ -260,6 +296,7 @@ impl Delivery {
                 Err(Failed::GiveUp("the request's card was never posted".into()))
             }
             None => Err(Failed::Retry {
+                refused: true,
                 after: backoff(attempts),
                 reason: "the request's card is not posted yet".into(),
             }),
@@ -305,6 +342,7 @@ impl Delivery {
                     .publish(&envelope)
                     .await
                     .map_err(|error| Failed::Retry {
+                        refused: false,
                         after: backoff(attempts),
                         reason: error.to_string(),
                     })?;

@@ -39,6 +39,11 @@ async fn acknowledges_at_once_while_slack_rate_limits_and_loses_no_reply() {
     let refused =
         app.slack.attempts("chat.postMessage") - app.slack.calls_to("chat.postMessage").len();
     assert_eq!(refused, 1, "one post refused with 429, then delivered");
+    assert_eq!(
+        app.slack.attempts("conversations.history"),
+        0,
+        "a 429 is a refusal: there is nothing to look for before posting again"
+    );
     let reply = wait_for_call(&app, "chat.postMessage", |post| {
         post.get("thread_ts").is_some()
     })

@@ -717,6 +717,7 @@ impl Store for DynamoStore {
         id: &EffectId,
         at: DateTime<Utc>,
         error: &str,
+        outcome_unknown: bool,
     ) -> Result<(), BackendError> {
         let (_, key) = effect_key(id)?;
         let seq = id.as_str().split('|').next().unwrap_or_default();
@@ -727,13 +728,14 @@ impl Store for DynamoStore {
             .table_name(&self.table)
             .set_key(Some(key))
             .update_expression(
-                "SET attempts = attempts + :one, next_at = :at, GSI2SK = :sort, last_error = :error REMOVE claimed",
+                "SET attempts = attempts + :one, next_at = :at, GSI2SK = :sort, last_error = :error, claimed = :unknown",
             )
             .condition_expression("attribute_exists(PK)")
             .expression_attribute_values(":one", n(1))
             .expression_attribute_values(":at", n(at))
             .expression_attribute_values(":sort", s(outbox_sort_key(at, seq)))
             .expression_attribute_values(":error", s(error))
+            .expression_attribute_values(":unknown", AttributeValue::Bool(outcome_unknown))
             .send()
             .await;
         // Not written when another replica settled it after our lease ran out.

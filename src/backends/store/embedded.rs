@@ -369,14 +369,15 @@ impl Store for SqliteStore {
         id: &EffectId,
         at: DateTime<Utc>,
         error: &str,
+        outcome_unknown: bool,
     ) -> Result<(), BackendError> {
         let (seq, error) = (seq(id)?, error.to_string());
         self.db
             .run(move |conn| {
                 conn.prepare_cached(
-                    "UPDATE outbox SET attempts = attempts + 1, next_at = ?1, last_error = ?2, claimed = 0 WHERE seq = ?3",
+                    "UPDATE outbox SET attempts = attempts + 1, next_at = ?1, last_error = ?2, claimed = ?3 WHERE seq = ?4",
                 )?
-                .execute(params![at.timestamp_millis(), error, seq])?;
+                .execute(params![at.timestamp_millis(), error, outcome_unknown, seq])?;
                 Ok(())
             })
             .await

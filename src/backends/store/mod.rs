@@ -146,11 +146,14 @@ pub trait Store: Send + Sync {
     /// When the next effect will be due, if any is waiting.
     async fn next_effect_at(&self) -> Result<Option<DateTime<Utc>>, BackendError>;
     async fn effect_done(&self, id: &EffectId) -> Result<(), BackendError>;
+    /// Puts an effect back for `at`. With `outcome_unknown` (the attempt may
+    /// have been carried out) its next claim comes back `interrupted`.
     async fn effect_retry(
         &self,
         id: &EffectId,
         at: DateTime<Utc>,
         error: &str,
+        outcome_unknown: bool,
     ) -> Result<(), BackendError>;
     /// Gives up on an effect that can never succeed; it stays for operators to inspect.
     async fn effect_dead(&self, id: &EffectId, error: &str) -> Result<(), BackendError>;

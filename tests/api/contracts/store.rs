@@ -187,7 +187,7 @@ async fn check(store: &dyn Store) {
         .collect();
     let later = Utc::now() + chrono::Duration::seconds(30);
     store
-        .effect_retry(&due[0].id, later, "rate limited")
+        .effect_retry(&due[0].id, later, "rate limited", false)
         .await
         .unwrap();
     store.effect_done(&due[1].id).await.unwrap();
@@ -224,6 +224,25 @@ async fn check(store: &dyn Store) {
         .unwrap();
     assert_eq!(store.outbox_depth().await.unwrap(), 0);
     assert_eq!(store.next_effect_at().await.unwrap(), None);
+    // Put back after an attempt whose outcome is unknown (a timeout, a 5xx): it
+    // comes back interrupted, so it is looked for before it is done again.
+    let uncertain = Effect::ThreadReply {
+        request_id: request.id.clone(),
+        text: "maybe posted".into(),
+    };
+    store
+        .enqueue(std::slice::from_ref(&uncertain))
+        .await
+        .unwrap();
+    let first = store.claim_due_effects(later, LEASE, 10).await.unwrap();
+    store
+        .effect_retry(&first[0].id, later, "no answer within 30s", true)
+        .await
+        .unwrap();
+    let again = store.claim_due_effects(later, LEASE, 10).await.unwrap();
+    assert_eq!(again[0].effect, uncertain);
+    assert!(again[0].interrupted);
+    store.effect_done(&again[0].id).await.unwrap();
 
     // Threads and dedupe keys.
     let thread = ThreadRef {
