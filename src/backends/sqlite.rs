@@ -2,6 +2,7 @@
 
 use std::path::Path;
 use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
@@ -132,7 +133,10 @@ where
 }
 
 impl Database {
+    /// Opens the file for this process alone: a second bot on the same data
+    /// directory would post and run what this one does (it is refused).
     pub fn open(path: &Path) -> Result<Database, BackendError> {
+        let lock = lock_for_this_process(path)?;
         let connection = Connection::open(path)?;
         connection.execute_batch(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;",
@@ -144,7 +148,10 @@ impl Database {
         let (queue, jobs) = mpsc::channel();
         std::thread::Builder::new()
             .name("sqlite".into())
-            .spawn(move || serve(connection, jobs))
+            .spawn(move || {
+                serve(connection, jobs);
+                drop(lock);
+            })
             .map_err(|error| BackendError::Unavailable(format!("sqlite thread: {error}")))?;
         Ok(Database { queue })
     }
@@ -197,6 +204,42 @@ impl Database {
     pub async fn ping(&self) -> Result<(), BackendError> {
         self.run(|connection| Ok(connection.query_row("SELECT 1", [], |_| Ok(()))?))
             .await
+    }
+}
+
+/// How long opening waits for a previous run of this process to let go.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
+
+/// An exclusive lock beside the database file, held while the database
+/// thread runs; the system drops it when the process dies, however it dies.
+fn lock_for_this_process(path: &Path) -> Result<std::fs::File, BackendError> {
+    let lock_path = path.with_extension("lock");
+    let lock = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|error| BackendError::Unavailable(format!("{}: {error}", lock_path.display())))?;
+    let started = Instant::now();
+    loop {
+        match lock.try_lock() {
+            Ok(()) => return Ok(lock),
+            Err(std::fs::TryLockError::WouldBlock) if started.elapsed() < LOCK_WAIT => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(BackendError::Refused(format!(
+                    "another devops-bot is using {} (DEVOPSBOT_DATA_DIR); run one bot per data directory",
+                    path.parent().unwrap_or(path).display()
+                )))
+            }
+            Err(std::fs::TryLockError::Error(error)) => {
+                return Err(BackendError::Unavailable(format!(
+                    "{}: {error}",
+                    lock_path.display()
+                )))
+            }
+        }
     }
 }
 
@@ -261,4 +304,26 @@ fn migrate(connection: &Connection) -> Result<(), BackendError> {
 
 pub fn now_millis() -> i64 {
     chrono::Utc::now().timestamp_millis()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_bot_on_the_same_data_is_refused_and_the_next_run_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let first = Database::open(&path).unwrap();
+        let refused = Database::open(&path).err().unwrap();
+        assert!(
+            refused.to_string().contains("another devops-bot is using"),
+            "{refused}"
+        );
+        drop(first);
+        assert!(
+            Database::open(&path).is_ok(),
+            "the lock goes with the first run"
+        );
+    }
 }

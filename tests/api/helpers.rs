@@ -257,6 +257,8 @@ impl TestApp {
     /// Stops the app and starts a new one on the same data and the same fake Slack.
     pub async fn restart(mut self) -> TestApp {
         self.shut_down().await;
+        // The data directory is one bot's at a time: let go of the old one's backends.
+        self.embedded = None;
         Self::start(self.slack.clone(), self.data_dir.clone(), self.aws.clone()).await
     }
 

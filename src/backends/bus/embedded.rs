@@ -3,7 +3,7 @@
 //! Envelopes are sealed at rest: a `devops.request` for putSecret carries the
 //! secret value.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -24,7 +24,9 @@ const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 pub struct EmbeddedBus {
     db: Database,
     sealer: Sealer,
-    routes: OnceLock<Routes>,
+    /// The handlers hold the bus (they publish), so the routes are let go
+    /// when the bus stops, or neither would ever be dropped.
+    routes: RwLock<Option<Routes>>,
     wake: Notify,
     published: broadcast::Sender<Envelope>,
 }
@@ -34,7 +36,7 @@ impl EmbeddedBus {
         Arc::new(Self {
             db,
             sealer,
-            routes: OnceLock::new(),
+            routes: RwLock::new(None),
             wake: Notify::new(),
             published: broadcast::channel(1024).0,
         })
@@ -42,9 +44,19 @@ impl EmbeddedBus {
 
     /// Handlers depend on the bus (they publish), so routes are attached after construction.
     pub fn attach(&self, routes: Routes) {
-        if self.routes.set(routes).is_err() {
-            tracing::warn!("bus routes attached twice; keeping the first");
+        let mut attached = self
+            .routes
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if attached.replace(routes).is_some() {
+            tracing::warn!("bus routes attached twice; keeping the last");
         }
+    }
+
+    fn routes(&self) -> std::sync::RwLockReadGuard<'_, Option<Routes>> {
+        self.routes
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Every envelope published from now on, for observers such as tests.
@@ -66,7 +78,13 @@ impl EmbeddedBus {
             let delivered = self.deliver_due().await;
             if delivered == 0 {
                 tokio::select! {
-                    _ = &mut shutdown => return,
+                    _ = &mut shutdown => {
+                        self.routes
+                            .write()
+                            .unwrap_or_else(|poisoned| poisoned.into_inner())
+                            .take();
+                        return;
+                    }
                     _ = self.wake.notified() => {}
                     _ = tokio::time::sleep(Duration::from_millis(500)) => {}
                 }
@@ -86,7 +104,7 @@ impl EmbeddedBus {
     }
 
     async fn deliver_due(&self) -> usize {
-        let Some(routes) = self.routes.get() else {
+        let Some(routes) = self.routes().clone() else {
             return 0;
         };
         let due = match self.due().await {
@@ -193,8 +211,8 @@ impl EventBus for EmbeddedBus {
     async fn publish(&self, event: &Envelope) -> Result<(), BackendError> {
         check_size(event)?;
         let targets = self
-            .routes
-            .get()
+            .routes()
+            .as_ref()
             .map(|routes| routes.targets_for(event))
             .unwrap_or_default();
         let sealed = self
