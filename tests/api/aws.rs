@@ -61,15 +61,7 @@ async fn put_secret_runs_end_to_end_on_aws() {
     assert!(items.count() > 0);
     assert!(!format!("{:?}", items.items()).contains(FLOW_SECRET_VALUE));
     assert!(!captured_logs().contains(FLOW_SECRET_VALUE));
-    let metrics = app
-        .http
-        .get(format!("{}/metrics", app.address))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(!metrics.contains(FLOW_SECRET_VALUE));
     // The reference's RequestCount and RequestLatency, by action.
     assert!(

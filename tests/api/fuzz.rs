@@ -916,16 +916,7 @@ fn arbitrary_events_are_routed_or_refused_and_run_nothing() {
     runtime.block_on(async { tokio::time::sleep(Duration::from_millis(300)).await });
     assert_eq!(world(&app), before);
     // Event types are counted under fixed labels, so no input becomes a metric.
-    let metrics = runtime.block_on(async {
-        app.http
-            .get(format!("{}/metrics", app.address))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    });
+    let metrics = runtime.block_on(async { app.metrics().await });
     for detail_type in odd_types.into_inner() {
         assert!(
             !metrics.contains(&detail_type),

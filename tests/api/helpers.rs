@@ -296,6 +296,18 @@ impl TestApp {
         }
     }
 
+    /// What `/metrics` shows now.
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.address))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub fn sign(body: &str, timestamp: i64) -> String {
         let mut mac = Hmac::<Sha256>::new_from_slice(SIGNING_SECRET.as_bytes()).unwrap();
         mac.update(format!("v0:{timestamp}:{body}").as_bytes());

@@ -86,15 +86,7 @@ async fn the_secret_value_appears_only_in_the_published_request() {
     let status = app
         .command_text("UREQ", &format!("status {request_id}"))
         .await;
-    let metrics = app
-        .http
-        .get(format!("{}/metrics", app.address))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains("devopsbot_http_requests_total"),
         "{metrics}"
