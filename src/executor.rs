@@ -199,7 +199,7 @@ impl Executor {
             Ok(result) => (CompletionStatus::Success, Some(result), None),
             Err(message) => (CompletionStatus::Error, None, Some(message)),
         };
-        tracing::info!(%request_id, %action, ?status, "devops.request executed");
+        tracing::info!(%request_id, %action, ?status, "devops.request completed");
         let completed = CompletedDetail {
             request_id: request_id.to_string(),
             action: action.to_string(),
@@ -258,6 +258,7 @@ impl EventHandler for Executor {
                 )));
             }
             Execution::Running { since } => {
+                tracing::warn!(%request_id, since = %rfc3339(since), "devops.request found interrupted; its outcome is unknown and it is not run again");
                 let message = format!(
                     "an earlier attempt at request {request_id} started at {} and was interrupted; its outcome is unknown, so it is not run again: check the target before requesting anew",
                     rfc3339(since)
@@ -269,7 +270,9 @@ impl EventHandler for Executor {
                 completion
             }
             Execution::Started => {
-                let outcome = match self.perform(event, detail, action).await {
+                let performed = self.perform(event, detail, action).await;
+                tracing::info!(%request_id, %action, "devops.request performed");
+                let outcome = match performed {
                     Ok(result) => Ok(result),
                     Err(Refused(message)) => Err(message),
                     Err(Failure::Unavailable(error)) => {

@@ -170,6 +170,15 @@ impl Database {
         outcome.await.unwrap_or_else(|_| Err(stopped()))
     }
 
+    /// Runs one statement in the next transaction; the rows it changed.
+    pub async fn execute<P>(&self, sql: &'static str, values: P) -> Result<usize, BackendError>
+    where
+        P: rusqlite::Params + Send + 'static,
+    {
+        self.run(move |connection| Ok(connection.prepare_cached(sql)?.execute(values)?))
+            .await
+    }
+
     /// [`Database::run`] for code that is not async (start-up, operators' tools).
     pub fn run_blocking<T, F>(&self, work: F) -> Result<T, BackendError>
     where

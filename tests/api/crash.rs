@@ -240,11 +240,11 @@ async fn killed_at_random_points_the_bot_loses_nothing_and_repeats_nothing() {
         );
         let executed = log
             .lines()
-            .filter(|line| line.contains("devops.request executed") && line.contains(id.as_str()))
+            .filter(|line| line.contains("devops.request performed") && line.contains(id.as_str()))
             .count();
         assert!(
             executed <= 1,
-            "seed {seed}: request {id} was executed {executed} times"
+            "seed {seed}: request {id} was performed {executed} times"
         );
     }
     let executions: i64 = state_db(dir.path())

@@ -95,12 +95,9 @@ impl EmbeddedBus {
     async fn forget_old_ids(&self) -> Result<(), BackendError> {
         let cutoff = now_millis() - i64::try_from(REMEMBER_IDS_FOR.as_millis()).unwrap_or(i64::MAX);
         self.db
-            .run(move |conn| {
-                conn.prepare_cached("DELETE FROM bus_published WHERE at < ?1")?
-                    .execute([cutoff])?;
-                Ok(())
-            })
+            .execute("DELETE FROM bus_published WHERE at < ?1", (cutoff,))
             .await
+            .map(|_| ())
     }
 
     async fn deliver_due(&self) -> usize {
@@ -167,40 +164,26 @@ impl EmbeddedBus {
         outcome: Result<(), BackendError>,
     ) -> Result<(), BackendError> {
         match outcome {
-            Ok(()) => {
-                self.db
-                    .run(move |conn| {
-                        conn.prepare_cached("DELETE FROM bus_deliveries WHERE seq = ?1")?
-                            .execute([seq])?;
-                        Ok(())
-                    })
-                    .await
-            }
+            Ok(()) => self
+                .db
+                .execute("DELETE FROM bus_deliveries WHERE seq = ?1", (seq,))
+                .await
+                .map(|_| ()),
             Err(BackendError::Unavailable(error)) => {
                 let backoff = 250i64.saturating_mul(1 << attempts.min(8));
                 tracing::warn!(%error, attempts, "bus: delivery failed, will retry");
-                self.db
-                    .run(move |conn| {
-                        conn.prepare_cached(
-                            "UPDATE bus_deliveries SET attempts = attempts + 1, next_at = ?1, last_error = ?2 WHERE seq = ?3",
-                        )?
-                        .execute(params![now_millis() + backoff, error, seq])?;
-                        Ok(())
-                    })
-                    .await
+                self.db.execute("UPDATE bus_deliveries SET attempts = attempts + 1, next_at = ?1, last_error = ?2 WHERE seq = ?3", (now_millis() + backoff, error, seq)).await.map(|_| ())
             }
             Err(error) => {
                 tracing::error!(%error, "bus: delivery cannot succeed, kept as dead letter");
                 let error = error.to_string();
                 self.db
-                    .run(move |conn| {
-                        conn.prepare_cached(
-                            "UPDATE bus_deliveries SET dead = 1, last_error = ?1 WHERE seq = ?2",
-                        )?
-                        .execute(params![error, seq])?;
-                        Ok(())
-                    })
+                    .execute(
+                        "UPDATE bus_deliveries SET dead = 1, last_error = ?1 WHERE seq = ?2",
+                        (error, seq),
+                    )
                     .await
+                    .map(|_| ())
             }
         }
     }

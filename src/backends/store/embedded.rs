@@ -175,15 +175,7 @@ impl Store for SqliteStore {
 
     async fn set_thread(&self, id: &RequestId, thread: &ThreadRef) -> Result<(), BackendError> {
         let (id, thread) = (id.to_string(), thread.clone());
-        self.db
-            .run(move |conn| {
-                conn.prepare_cached(
-                    "INSERT OR REPLACE INTO threads (request_id, platform, channel, ts) VALUES (?1, ?2, ?3, ?4)",
-                )?
-                .execute(params![id, thread.platform, thread.channel, thread.ts])?;
-                Ok(())
-            })
-            .await
+        self.db.execute("INSERT OR REPLACE INTO threads (request_id, platform, channel, ts) VALUES (?1, ?2, ?3, ?4)", (id, thread.platform, thread.channel, thread.ts)).await.map(|_| ())
     }
 
     async fn thread(&self, id: &RequestId) -> Result<Option<ThreadRef>, BackendError> {
@@ -274,25 +266,23 @@ impl Store for SqliteStore {
     ) -> Result<(), BackendError> {
         let (request_id, completion) = (request_id.to_string(), serde_json::to_string(completion)?);
         self.db
-            .run(move |conn| {
-                conn.prepare_cached("UPDATE executions SET completion = ?1 WHERE request_id = ?2")?
-                    .execute(params![completion, request_id])?;
-                Ok(())
-            })
+            .execute(
+                "UPDATE executions SET completion = ?1 WHERE request_id = ?2",
+                (completion, request_id),
+            )
             .await
+            .map(|_| ())
     }
 
     async fn abandon_execution(&self, request_id: &str) -> Result<(), BackendError> {
         let request_id = request_id.to_string();
         self.db
-            .run(move |conn| {
-                conn.prepare_cached(
-                    "DELETE FROM executions WHERE request_id = ?1 AND completion IS NULL",
-                )?
-                .execute([request_id])?;
-                Ok(())
-            })
+            .execute(
+                "DELETE FROM executions WHERE request_id = ?1 AND completion IS NULL",
+                (request_id,),
+            )
             .await
+            .map(|_| ())
     }
 
     async fn claim_due_effects(
@@ -356,12 +346,9 @@ impl Store for SqliteStore {
     async fn effect_done(&self, id: &EffectId) -> Result<(), BackendError> {
         let seq = seq(id)?;
         self.db
-            .run(move |conn| {
-                conn.prepare_cached("DELETE FROM outbox WHERE seq = ?1")?
-                    .execute([seq])?;
-                Ok(())
-            })
+            .execute("DELETE FROM outbox WHERE seq = ?1", (seq,))
             .await
+            .map(|_| ())
     }
 
     async fn effect_retry(
@@ -372,28 +359,12 @@ impl Store for SqliteStore {
         outcome_unknown: bool,
     ) -> Result<(), BackendError> {
         let (seq, error) = (seq(id)?, error.to_string());
-        self.db
-            .run(move |conn| {
-                conn.prepare_cached(
-                    "UPDATE outbox SET attempts = attempts + 1, next_at = ?1, last_error = ?2, claimed = ?3 WHERE seq = ?4",
-                )?
-                .execute(params![at.timestamp_millis(), error, outcome_unknown, seq])?;
-                Ok(())
-            })
-            .await
+        self.db.execute("UPDATE outbox SET attempts = attempts + 1, next_at = ?1, last_error = ?2, claimed = ?3 WHERE seq = ?4", (at.timestamp_millis(), error, outcome_unknown, seq)).await.map(|_| ())
     }
 
     async fn effect_dead(&self, id: &EffectId, error: &str) -> Result<(), BackendError> {
         let (seq, error) = (seq(id)?, error.to_string());
-        self.db
-            .run(move |conn| {
-                conn.prepare_cached(
-                    "UPDATE outbox SET dead = 1, attempts = attempts + 1, last_error = ?1 WHERE seq = ?2",
-                )?
-                .execute(params![error, seq])?;
-                Ok(())
-            })
-            .await
+        self.db.execute("UPDATE outbox SET dead = 1, attempts = attempts + 1, last_error = ?1 WHERE seq = ?2", (error, seq)).await.map(|_| ())
     }
 
     async fn outbox_depth(&self) -> Result<u64, BackendError> {
