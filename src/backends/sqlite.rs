@@ -84,7 +84,7 @@ const MAX_BATCH: usize = 256;
 /// Work is queued to that thread; whatever queued up while it committed runs
 /// together in the next transaction (a group commit: one WAL append for a
 /// whole burst of requests), each piece in a savepoint of its own, so a piece
-/// that fails is undone alone. Callers never block a runtime thread on a lock.
+/// that fails is undone alone. Async callers never wait on a lock.
 #[derive(Clone)]
 pub struct Database {
     queue: mpsc::Sender<Box<dyn Job>>,
