@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::backends::aws::{AwsSettings, StaticKeys};
+use crate::backends::aws::{AwsSettings, ServiceEndpoints, StaticKeys};
 use crate::domain::names::Stage;
 use crate::domain::policy::{Policy, RuleFile};
 
@@ -239,12 +239,20 @@ fn aws_settings_into(
             None
         }
     };
-    let endpoint_url = var("AWS_ENDPOINT_URL");
-    if let Some(url) = &endpoint_url {
+    let mut endpoint = |name: &str| {
+        let url = var(name)?;
         if !(url.starts_with("https://") || url.starts_with("http://")) {
-            problems.push(format!("AWS_ENDPOINT_URL: `{url}` must be an http(s) URL"));
+            problems.push(format!("{name}: `{url}` must be an http(s) URL"));
         }
-    }
+        Some(url)
+    };
+    let endpoint_url = endpoint("AWS_ENDPOINT_URL");
+    let service_endpoints = ServiceEndpoints {
+        dynamodb: endpoint("AWS_ENDPOINT_URL_DYNAMODB"),
+        eventbridge: endpoint("AWS_ENDPOINT_URL_EVENTBRIDGE"),
+        secrets_manager: endpoint("AWS_ENDPOINT_URL_SECRETS_MANAGER"),
+        cloudformation: endpoint("AWS_ENDPOINT_URL_CLOUDFORMATION"),
+    };
     let table = var("DEVOPSBOT_TABLE").unwrap_or_else(|| "devops-bot".into());
     let valid_table = (3..=255).contains(&table.len())
         && table
@@ -258,6 +266,7 @@ fn aws_settings_into(
     AwsSettings {
         region: var("AWS_REGION").or_else(|| var("AWS_DEFAULT_REGION")),
         endpoint_url,
+        service_endpoints,
         static_keys,
         profile: var("AWS_PROFILE"),
         table,
@@ -323,6 +332,7 @@ mod tests {
             ("DEVOPSBOT_BACKEND", "aws"),
             ("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE"),
             ("DEVOPSBOT_TABLE", "no spaces"),
+            ("AWS_ENDPOINT_URL_DYNAMODB", "localhost:8000"),
         ])
         .unwrap_err();
         let text = error.to_string();
@@ -330,6 +340,7 @@ mod tests {
             "DEVOPSBOT_EVENTS_API_KEY",
             "AWS_SECRET_ACCESS_KEY",
             "DEVOPSBOT_TABLE",
+            "AWS_ENDPOINT_URL_DYNAMODB",
         ] {
             assert!(text.contains(name), "{name} missing from: {text}");
         }
@@ -338,6 +349,7 @@ mod tests {
             ("DEVOPSBOT_EVENTS_API_KEY", "0123456789abcdef"),
             ("AWS_REGION", "eu-west-1"),
             ("AWS_ENDPOINT_URL", "http://127.0.0.1:5000"),
+            ("AWS_ENDPOINT_URL_EVENTBRIDGE", "http://127.0.0.1:5001"),
         ])
         .unwrap();
         let Backend::Aws(settings) = config.backend else {
@@ -347,6 +359,11 @@ mod tests {
         assert_eq!(settings.table, "devops-bot");
         assert_eq!(settings.event_bus, "default");
         assert!(settings.static_keys.is_none());
+        assert_eq!(
+            settings.service_endpoints.eventbridge.as_deref(),
+            Some("http://127.0.0.1:5001")
+        );
+        assert_eq!(settings.service_endpoints.dynamodb, None);
     }
 
     #[test]

@@ -16,6 +16,7 @@ use crate::backends::BackendError;
 use crate::cards::Cards;
 use crate::chat::{ChatError, ChatMessage, ChatPlatform};
 use crate::domain::events::{Envelope, CHATOPS_SOURCE, DEVOPS_REQUEST};
+use crate::domain::names::RequestId;
 use crate::domain::request::{Request, Status};
 use crate::metrics::Metrics;
 use crate::requests::RequestService;
@@ -34,6 +35,12 @@ const RECORD_RETRY_FIRST: Duration = Duration::from_millis(250);
 const RECORD_RETRY_LONGEST: Duration = Duration::from_secs(10);
 /// A longer `Retry-After` than this is not believed.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+/// Told in the thread when an approved request cannot be published yet.
+pub const BUS_HELD: &str = "⏳ The event bus cannot be reached right now. This approved request is held and will be sent as soon as it is back; nothing needs doing.";
+/// Told in the thread when a request held by an event bus outage has gone out.
+pub const BUS_BACK: &str = "📨 The event bus is reachable again: the request has been sent.";
+/// How long a thread notice is remembered as told, so no replica tells it twice.
+const NOTICE_KEPT: Duration = Duration::from_secs(7 * 24 * 3600);
 
 pub struct Delivery {
     pub store: Arc<dyn Store>,
@@ -274,6 +281,30 @@ impl Delivery {
         }
     }
 
+    /// Queues `text` in the request's thread, once across retries and replicas.
+    /// A notice that cannot be queued now is left out rather than risk it twice.
+    async fn tell_thread_once(&self, request_id: &RequestId, key: &str, text: &str) {
+        let told = match self
+            .store
+            .claim_once(&format!("{key}:{request_id}"), NOTICE_KEPT)
+            .await
+        {
+            Ok(true) => {
+                self.store
+                    .enqueue(&[Effect::ThreadReply {
+                        request_id: request_id.clone(),
+                        text: text.to_string(),
+                    }])
+                    .await
+            }
+            Ok(false) => Ok(()),
+            Err(error) => Err(error),
+        };
+        if let Err(error) = told {
+            tracing::warn!(%error, notice = key, "outbox: could not queue a thread notice; left out");
+        }
+    }
+
     fn platform(&self, name: &str) -> Result<&Arc<dyn ChatPlatform>, Failed> {
         self.platforms.get(name).ok_or_else(|| Failed::Retry {
             refused: true,
@@ -282,10 +313,7 @@ impl Delivery {
         })
     }
 
-    async fn request(
-        &self,
-        id: &crate::domain::names::RequestId,
-    ) -> Result<Option<Request>, Failed> {
+    async fn request(&self, id: &RequestId) -> Result<Option<Request>, Failed> {
         Ok(self.store.request(id).await?)
     }
 
@@ -338,15 +366,32 @@ impl Delivery {
                 let mut envelope = Envelope::new(DEVOPS_REQUEST, CHATOPS_SOURCE, detail);
                 // A republish after a crash carries the same id, so consumers can tell it is a repeat.
                 envelope.id = request.id.to_string();
-                self.bus
-                    .publish(&envelope)
-                    .await
-                    .map_err(|error| Failed::Retry {
+                if let Err(error) = self.bus.publish(&envelope).await {
+                    // Failed after the SDK's own retries: an outage, not a blip.
+                    if attempts == 0 {
+                        self.tell_thread_once(request_id, "bus-held", BUS_HELD)
+                            .await;
+                    }
+                    return Err(Failed::Retry {
                         refused: false,
                         after: backoff(attempts),
                         reason: error.to_string(),
-                    })?;
+                    });
+                }
                 self.metrics.event(DEVOPS_REQUEST, "published");
+                // Claiming the held notice's key tells whether it was told: if this
+                // claim wins, it was not, and there is nothing to take back.
+                if attempts > 0
+                    && matches!(
+                        self.store
+                            .claim_once(&format!("bus-held:{request_id}"), NOTICE_KEPT)
+                            .await,
+                        Ok(false)
+                    )
+                {
+                    self.tell_thread_once(request_id, "bus-back", BUS_BACK)
+                        .await;
+                }
                 self.requests.mark_published(request_id).await?;
                 Ok(())
             }

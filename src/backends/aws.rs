@@ -21,6 +21,8 @@ use super::BackendError;
 pub struct AwsSettings {
     pub region: Option<String>,
     pub endpoint_url: Option<String>,
+    /// One service elsewhere than `endpoint_url` (a VPC endpoint, an emulator of its own).
+    pub service_endpoints: ServiceEndpoints,
     pub static_keys: Option<StaticKeys>,
     pub profile: Option<String>,
     /// The bot's DynamoDB table (`DEVOPSBOT_TABLE`).
@@ -30,6 +32,16 @@ pub struct AwsSettings {
     /// The Secrets Manager secret that holds the key sealing pending secret
     /// values, shared by every replica (`DEVOPSBOT_SEALING_KEY_SECRET`).
     pub sealing_key_secret: String,
+}
+
+/// The SDK's per-service endpoint variables, which win over `AWS_ENDPOINT_URL`:
+/// `AWS_ENDPOINT_URL_DYNAMODB`, `_EVENTBRIDGE`, `_SECRETS_MANAGER`, `_CLOUDFORMATION`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServiceEndpoints {
+    pub dynamodb: Option<String>,
+    pub eventbridge: Option<String>,
+    pub secrets_manager: Option<String>,
+    pub cloudformation: Option<String>,
 }
 
 #[derive(Clone, PartialEq, Eq)]

@@ -76,22 +76,44 @@ fn region_of(config: &aws_config::SdkConfig) -> Result<String, StartError> {
         })
 }
 
+/// A service's client on the shared configuration, at the service's own
+/// endpoint if one is set.
+macro_rules! client {
+    ($sdk:ident, $config:expr, $endpoint:expr) => {{
+        let mut builder = $sdk::config::Builder::from($config);
+        if let Some(url) = $endpoint.as_deref() {
+            builder = builder.endpoint_url(url);
+        }
+        $sdk::Client::from_conf(builder.build())
+    }};
+}
+
 pub async fn aws(settings: &AwsSettings) -> Result<Backends, StartError> {
     let config = sdk_config(settings).await;
     let region = region_of(&config)?;
-    let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&config), &settings.table);
+    let endpoints = &settings.service_endpoints;
+    let store = DynamoStore::new(
+        client!(aws_sdk_dynamodb, &config, endpoints.dynamodb),
+        &settings.table,
+    );
     store.verify_table().await?;
-    let secrets = SecretsManager::new(aws_sdk_secretsmanager::Client::new(&config));
+    let secrets = SecretsManager::new(client!(
+        aws_sdk_secretsmanager,
+        &config,
+        endpoints.secrets_manager
+    ));
     let sealer = shared_sealer(&secrets, &settings.sealing_key_secret).await?;
     Ok(Backends {
         store: Arc::new(store),
         bus: Arc::new(EventBridgeBus::new(
-            aws_sdk_eventbridge::Client::new(&config),
+            client!(aws_sdk_eventbridge, &config, endpoints.eventbridge),
             &settings.event_bus,
         )),
         secrets: Arc::new(secrets),
-        stacks: Arc::new(CloudFormation::new(aws_sdk_cloudformation::Client::new(
+        stacks: Arc::new(CloudFormation::new(client!(
+            aws_sdk_cloudformation,
             &config,
+            endpoints.cloudformation
         ))),
         sealer,
         embedded: None,
@@ -120,7 +142,11 @@ async fn shared_sealer(secrets: &SecretsManager, name: &str) -> Result<Sealer, S
 pub async fn init_aws(settings: &AwsSettings) -> Result<Vec<String>, StartError> {
     let config = sdk_config(settings).await;
     let region = region_of(&config)?;
-    let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&config), &settings.table);
+    let endpoints = &settings.service_endpoints;
+    let store = DynamoStore::new(
+        client!(aws_sdk_dynamodb, &config, endpoints.dynamodb),
+        &settings.table,
+    );
     let mut done = Vec::new();
     if store.create_table().await? {
         done.push(format!(
@@ -131,7 +157,11 @@ pub async fn init_aws(settings: &AwsSettings) -> Result<Vec<String>, StartError>
         done.push(format!("DynamoDB table {} already exists", settings.table));
     }
     store.verify_table().await?;
-    let secrets = SecretsManager::new(aws_sdk_secretsmanager::Client::new(&config));
+    let secrets = SecretsManager::new(client!(
+        aws_sdk_secretsmanager,
+        &config,
+        endpoints.secrets_manager
+    ));
     shared_sealer(&secrets, &settings.sealing_key_secret).await?;
     done.push(format!(
         "sealing key secret {} is in place",

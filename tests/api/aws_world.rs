@@ -129,6 +129,8 @@ pub struct AwsWorld {
     pub moto: Moto,
     /// Where the apps reach AWS: moto, or a switch in front of it.
     apps_reach: Mutex<String>,
+    /// Where the apps reach EventBridge, if not where they reach the rest.
+    apps_reach_events: Mutex<Option<String>>,
     pub sdk: SdkConfig,
     access_key_id: String,
     secret_access_key: String,
@@ -198,6 +200,7 @@ impl AwsWorld {
         let settings = AwsSettings {
             region: Some("us-east-1".into()),
             endpoint_url: Some(moto.endpoint.clone()),
+            service_endpoints: Default::default(),
             static_keys: Some(StaticKeys {
                 access_key_id: access_key_id.clone(),
                 secret_access_key: secret_access_key.clone(),
@@ -272,6 +275,7 @@ impl AwsWorld {
         }
         let world = Arc::new(AwsWorld {
             apps_reach: Mutex::new(moto.endpoint.clone()),
+            apps_reach_events: Mutex::new(None),
             moto,
             sdk,
             access_key_id,
@@ -287,14 +291,18 @@ impl AwsWorld {
 
     /// The environment an app on this world reads (through the config seam).
     pub fn vars(&self) -> Vec<(&'static str, String)> {
-        vec![
+        let mut vars = vec![
             ("DEVOPSBOT_BACKEND", "aws".into()),
             ("DEVOPSBOT_TABLE", TABLE.into()),
             ("AWS_REGION", "us-east-1".into()),
             ("AWS_ENDPOINT_URL", self.apps_reach.lock().unwrap().clone()),
             ("AWS_ACCESS_KEY_ID", self.access_key_id.clone()),
             ("AWS_SECRET_ACCESS_KEY", self.secret_access_key.clone()),
-        ]
+        ];
+        if let Some(events) = self.apps_reach_events.lock().unwrap().clone() {
+            vars.push(("AWS_ENDPOINT_URL_EVENTBRIDGE", events));
+        }
+        vars
     }
 
     /// Apps started from now on reach AWS through a switch the test can cut;
@@ -302,6 +310,13 @@ impl AwsWorld {
     pub async fn put_switch_before_apps(&self) -> Switch {
         let switch = Switch::start(&self.moto.endpoint).await;
         *self.apps_reach.lock().unwrap() = switch.endpoint.clone();
+        switch
+    }
+
+    /// As `put_switch_before_apps`, for EventBridge alone: cutting it leaves the store reachable.
+    pub async fn put_switch_before_events(&self) -> Switch {
+        let switch = Switch::start(&self.moto.endpoint).await;
+        *self.apps_reach_events.lock().unwrap() = Some(switch.endpoint.clone());
         switch
     }
 

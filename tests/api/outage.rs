@@ -132,3 +132,77 @@ async fn while_aws_is_unreachable_requests_wait_and_go_through_afterwards() {
         assert_eq!(copies, 1, "request {id} published {copies} times");
     }
 }
+
+fn text(message: &Value) -> &str {
+    message["text"].as_str().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_only_the_event_bus_is_unreachable_approved_requests_wait_and_the_thread_is_told() {
+    let world = AwsWorld::start().await;
+    world.create_stack("cc-agent-doc-registry-prod", "v1").await;
+    let events = world.put_switch_before_events().await;
+    let mut app = TestApp::spawn_on(&world, FakeSlack::start().await).await;
+    app.command_text("UREQ", "deploy cc-agent-doc-registry --stage prod")
+        .await;
+    let (id, card_ts, _) = app.card(1).await;
+
+    events.cut();
+    let click = app.click("UBOSS", "approve", &id, &card_ts).await;
+    assert_eq!(click.status(), 200);
+    let told = |messages: &[Value], what: &str| {
+        replies_to(messages, &card_ts)
+            .iter()
+            .filter(|reply| text(reply) == what)
+            .count()
+    };
+    app.slack
+        .wait_for_messages(
+            |messages| told(messages, devops_bot::delivery::BUS_HELD) == 1,
+            Duration::from_secs(30),
+        )
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        app.drain_events("devops.request", Duration::from_millis(200))
+            .await
+            .is_empty(),
+        "nothing can be published while the bus is cut"
+    );
+    events.restore();
+
+    app.slack
+        .wait_for_messages(
+            |messages| {
+                replies_to(messages, &card_ts)
+                    .iter()
+                    .any(|reply| text(reply).contains("succeeded"))
+            },
+            Duration::from_secs(60),
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let messages = app.slack.messages();
+    let replies: Vec<&str> = replies_to(&messages, &card_ts)
+        .into_iter()
+        .map(text)
+        .collect();
+    assert_eq!(replies.len(), 3, "{replies:#?}");
+    assert_eq!(replies[0], devops_bot::delivery::BUS_HELD, "{replies:#?}");
+    assert_eq!(
+        told(&messages, devops_bot::delivery::BUS_BACK),
+        1,
+        "{replies:#?}"
+    );
+    let published = app
+        .drain_events("devops.request", Duration::from_millis(500))
+        .await;
+    assert_eq!(
+        published
+            .iter()
+            .filter(|event| event.detail["requestId"] == id.as_str())
+            .count(),
+        1,
+        "published once"
+    );
+}
