@@ -31,6 +31,9 @@ const EFFECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// another replica only takes it over when this one died mid-way.
 const LEASE: Duration = Duration::from_secs(120);
 const DEPTH_EVERY: Duration = Duration::from_secs(1);
+/// At most this many effects are carried out at once.
+const IN_FLIGHT: usize = 64;
+const BLOCKED_LANES_POLL: Duration = Duration::from_millis(100);
 const RECORD_RETRY_FIRST: Duration = Duration::from_millis(250);
 const RECORD_RETRY_LONGEST: Duration = Duration::from_secs(10);
 /// A longer `Retry-After` than this is not believed.
@@ -158,11 +161,28 @@ fn kind(effect: &Effect) -> &'static str {
 }
 
 impl Delivery {
+    /// Carries out due effects until `shutdown`, then lets those under way finish.
     pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
+        let mut in_flight = tokio::task::JoinSet::new();
         let mut depth_read: Option<tokio::time::Instant> = None;
         loop {
-            let worked = self.run_due().await;
+            let room = IN_FLIGHT - in_flight.len();
+            let mut wait = Duration::from_secs(1);
+            // New effects are claimed while others are under way, so one slow call does not
+            // hold up every other lane; in batches, so claiming does not cost more than the work.
+            if room >= IN_FLIGHT / 2 {
+                let due = self.claim_due(room).await;
+                let more_may_be_due = due.len() == room;
+                for queued in due {
+                    let this = self.clone();
+                    in_flight.spawn(async move { this.settle(queued).await });
+                }
+                if more_may_be_due {
+                    continue;
+                }
+                wait = self.next_due_in().await;
+            }
             // Counting the outbox costs as much as it holds: once a second is enough for a gauge.
             if depth_read.is_none_or(|at| at.elapsed() >= DEPTH_EVERY) {
                 depth_read = Some(tokio::time::Instant::now());
@@ -170,39 +190,41 @@ impl Delivery {
                     self.metrics.outbox_depth.set(depth as i64);
                 }
             }
-            if worked {
-                continue;
-            }
-            let wait = match self.store.next_effect_at().await {
-                Ok(Some(at)) => (at - Utc::now())
-                    .to_std()
-                    .unwrap_or_default()
-                    .min(Duration::from_secs(1)),
-                _ => Duration::from_secs(1),
-            };
             tokio::select! {
-                _ = &mut shutdown => return,
+                _ = &mut shutdown => break,
                 _ = self.wake.notified() => {}
+                Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
                 _ = tokio::time::sleep(wait) => {}
+            }
+        }
+        // What is under way finishes and is written down; nothing new starts.
+        while in_flight.join_next().await.is_some() {}
+    }
+
+    /// Leases up to `room` due effects, at most one per lane.
+    async fn claim_due(&self, room: usize) -> Vec<QueuedEffect> {
+        match self.store.claim_due_effects(Utc::now(), LEASE, room).await {
+            Ok(due) => due,
+            Err(error) => {
+                tracing::error!(%error, "outbox: reading due effects failed");
+                Vec::new()
             }
         }
     }
 
-    /// Runs every due effect once, lanes in parallel; true if any was due.
-    async fn run_due(&self) -> bool {
-        let due = match self.store.claim_due_effects(Utc::now(), LEASE, 64).await {
-            Ok(due) => due,
-            Err(error) => {
-                tracing::error!(%error, "outbox: reading due effects failed");
-                return false;
-            }
-        };
-        if due.is_empty() {
-            return false;
+    /// How long until the next effect is due, a second at most. Called when
+    /// nothing more could be claimed: an effect due already waits behind its
+    /// lane's head (under way here or leased elsewhere), so it is looked at
+    /// again shortly rather than at once, over and over.
+    async fn next_due_in(&self) -> Duration {
+        let most = Duration::from_secs(1);
+        match self.store.next_effect_at().await {
+            Ok(Some(at)) => match (at - Utc::now()).to_std() {
+                Ok(wait) if !wait.is_zero() => wait.min(most),
+                _ => BLOCKED_LANES_POLL,
+            },
+            _ => most,
         }
-        let runs = due.into_iter().map(|queued| self.settle(queued));
-        futures_util::future::join_all(runs).await;
-        true
     }
 
     async fn settle(&self, queued: QueuedEffect) {

@@ -270,6 +270,12 @@ impl FakeSlack {
         self.lock().latency = latency;
     }
 
+    /// Calls on the message `ts` or in its thread answer `latency` late, as
+    /// when Slack is slow for one of them.
+    pub fn slow_down_thread(&self, ts: &str, latency: Duration) {
+        self.lock().slow_threads.insert(ts.to_owned(), latency);
+    }
+
     /// For `duration` from now every call fails, in each of `failures` in
     /// turn (e.g. 429s and 500s), as during a Slack incident.
     pub fn outage(&self, duration: Duration, failures: &[Failure]) {
@@ -349,6 +355,8 @@ struct Recorder {
     views_opened: u64,
     /// How long each answer takes after the call has taken effect.
     latency: Duration,
+    /// Extra latency of calls on a message or in its thread, by its `ts`.
+    slow_threads: HashMap<String, Duration>,
     outage: Option<Outage>,
 }
 
@@ -387,10 +395,15 @@ async fn handle(
     };
     let (response, latency) = {
         let mut recorder = lock(&state);
-        (
-            recorder.respond(call, request.raw, request.error),
-            recorder.latency,
-        )
+        let slowed = ["ts", "thread_ts"]
+            .iter()
+            .filter_map(|field| call.body[field].as_str())
+            .filter_map(|ts| recorder.slow_threads.get(ts))
+            .max()
+            .copied()
+            .unwrap_or_default();
+        let latency = recorder.latency + slowed;
+        (recorder.respond(call, request.raw, request.error), latency)
     };
     arrived.notify_waiters();
     // What the call did is already visible in the channels, as in Slack.

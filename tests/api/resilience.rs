@@ -201,3 +201,50 @@ async fn a_slack_outage_delays_cards_and_replies_but_loses_none() {
         app.slack.attempts("chat.postMessage") - app.slack.calls_to("chat.postMessage").len();
     assert!(refused >= 4, "the outage refused posts ({refused})");
 }
+
+#[tokio::test]
+async fn a_thread_slack_is_slow_for_does_not_hold_up_the_others() {
+    let app = TestApp::spawn().await;
+    for requester in ["UONE", "UTWO"] {
+        app.command_text(requester, "deploy cc-agent-doc-registry --stage prod")
+            .await;
+    }
+    let (slow_id, slow_ts, _) = app.card(1).await;
+    let (quick_id, quick_ts, _) = app.card(2).await;
+    app.slack.slow_down_thread(&slow_ts, Duration::from_secs(5));
+
+    app.click("UBOSS", "approve", &slow_id, &slow_ts).await;
+    let clicked = Instant::now();
+    app.click("UBOSS", "approve", &quick_id, &quick_ts).await;
+    let replied = |ts: &str, messages: &[Value]| {
+        messages.iter().any(|message| {
+            message["thread_ts"] == ts
+                && message["text"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("succeeded")
+        })
+    };
+    let messages = app
+        .slack
+        .wait_for_messages(
+            |messages| replied(&quick_ts, messages),
+            Duration::from_secs(10),
+        )
+        .await;
+    assert!(
+        clicked.elapsed() < Duration::from_secs(3),
+        "the quick thread waited {:?} for the slow one",
+        clicked.elapsed()
+    );
+    assert!(
+        !replied(&slow_ts, &messages),
+        "the slow thread keeps its order: card update first"
+    );
+    app.slack
+        .wait_for_messages(
+            |messages| replied(&slow_ts, messages),
+            Duration::from_secs(15),
+        )
+        .await;
+}
