@@ -141,15 +141,20 @@ impl Database {
         connection.execute_batch(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;",
         )?;
+        connection.pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINTS_PAST)?;
         connection.execute_batch(SCHEMA)?;
         migrate(&connection)?;
         // Every statement the backends run stays parsed.
         connection.set_prepared_statement_cache_capacity(64);
+        let (stop_checkpoints, stopped_rx) = mpsc::channel::<()>();
+        let checkpoints = checkpoint_in_background(Connection::open(path)?, stopped_rx)?;
         let (queue, jobs) = mpsc::channel();
         std::thread::Builder::new()
             .name("sqlite".into())
             .spawn(move || {
                 serve(connection, jobs);
+                drop(stop_checkpoints);
+                let _ = checkpoints.join();
                 drop(lock);
             })
             .map_err(|error| BackendError::Unavailable(format!("sqlite thread: {error}")))?;
@@ -252,6 +257,39 @@ fn lock_for_this_process(path: &Path) -> Result<std::fs::File, BackendError> {
     }
 }
 
+/// A checkpoint copies the log back into the database file and syncs it, a
+/// matter of milliseconds: done by the writer, it would stall whichever commit
+/// crossed the threshold, so a thread of its own does it this often.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
+/// The writer checkpoints by itself only past this many pages of log (40 MB),
+/// should the background thread ever fall that far behind.
+const WRITER_CHECKPOINTS_PAST: u32 = 10_000;
+
+/// Checkpoints every `CHECKPOINT_EVERY` without waiting on the writer, and
+/// once more when `stop` is dropped.
+fn checkpoint_in_background(
+    connection: Connection,
+    stop: mpsc::Receiver<()>,
+) -> Result<std::thread::JoinHandle<()>, BackendError> {
+    std::thread::Builder::new()
+        .name("sqlite-checkpoint".into())
+        .spawn(move || loop {
+            let stopping = !matches!(
+                stop.recv_timeout(CHECKPOINT_EVERY),
+                Err(mpsc::RecvTimeoutError::Timeout)
+            );
+            if let Err(error) =
+                connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+            {
+                tracing::warn!(%error, "sqlite: a checkpoint failed; the next one tries again");
+            }
+            if stopping {
+                return;
+            }
+        })
+        .map_err(|error| BackendError::Unavailable(format!("sqlite checkpoint thread: {error}")))
+}
+
 fn stopped() -> BackendError {
     BackendError::Unavailable("the SQLite thread has stopped".into())
 }
@@ -318,6 +356,33 @@ pub fn now_millis() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_log_is_copied_into_the_database_file_off_the_writers_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let db = Database::open(&path).unwrap();
+        let size = || std::fs::metadata(&path).unwrap().len();
+        let before = size();
+        db.run_blocking(|connection| {
+            for n in 0..200 {
+                connection.execute(
+                    "INSERT INTO dedupe (key, expires_at) VALUES (?1, 0)",
+                    (format!("{n}-{}", "x".repeat(1000)),),
+                )?;
+            }
+            Ok(())
+        })
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while size() <= before && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            size() > before,
+            "the writer checkpoints only past {WRITER_CHECKPOINTS_PAST} pages, so the background thread did this"
+        );
+    }
 
     #[test]
     fn a_second_bot_on_the_same_data_is_refused_and_the_next_run_is_not() {
