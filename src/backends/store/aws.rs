@@ -39,6 +39,8 @@ type Item = HashMap<String, AttributeValue>;
 const BY_REQUESTER: &str = "GSI1";
 const WORK_LISTS: &str = "GSI2";
 const OUTBOX: &str = "OUTBOX";
+/// How many pages of the outbox's work list one claim reads at most.
+const WORK_LIST_PAGES: usize = 8;
 const PENDING: &str = "PENDING";
 /// Executions are remembered this long, so a redelivered request runs once.
 const EXECUTION_MEMORY_SECS: i64 = 30 * 24 * 3600;
@@ -651,23 +653,34 @@ impl Store for DynamoStore {
     ) -> Result<Vec<QueuedEffect>, BackendError> {
         let now = now.timestamp_millis();
         let leased_until = now.saturating_add(millis(lease));
-        let output = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .index_name(WORK_LISTS)
-            .key_condition_expression("GSI2PK = :pk AND GSI2SK <= :due")
-            .expression_attribute_values(":pk", s(OUTBOX))
-            .expression_attribute_values(":due", s(format!("{now:013}~")))
-            .limit(256)
-            .send()
-            .await
-            .map_err(|e| classify("DynamoDB Query", e))?;
+        // Every waiting effect is on the work list, not only lanes' heads: a long
+        // lane (a thread's replies behind a post in backoff) can fill pages, so
+        // reading goes on until enough lanes are seen.
         let mut lanes: Vec<String> = Vec::new();
-        for item in output.items.unwrap_or_default() {
-            let lane = text(&item, "PK")?.trim_start_matches("LANE#").to_string();
-            if !lanes.contains(&lane) {
-                lanes.push(lane);
+        let mut start = None;
+        for _ in 0..WORK_LIST_PAGES {
+            let output = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(WORK_LISTS)
+                .key_condition_expression("GSI2PK = :pk AND GSI2SK <= :due")
+                .expression_attribute_values(":pk", s(OUTBOX))
+                .expression_attribute_values(":due", s(format!("{now:013}~")))
+                .set_exclusive_start_key(start)
+                .limit(256)
+                .send()
+                .await
+                .map_err(|e| classify("DynamoDB Query", e))?;
+            for item in output.items.unwrap_or_default() {
+                let lane = text(&item, "PK")?.trim_start_matches("LANE#").to_string();
+                if !lanes.contains(&lane) {
+                    lanes.push(lane);
+                }
+            }
+            start = output.last_evaluated_key;
+            if lanes.len() >= limit || start.is_none() {
+                break;
             }
         }
         lanes.truncate(limit);

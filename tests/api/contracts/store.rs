@@ -321,3 +321,65 @@ async fn check(store: &dyn Store) {
         Execution::Started
     );
 }
+
+#[tokio::test]
+async fn sqlite_store_does_not_let_a_long_lane_starve_the_others() {
+    let (_dir, db) = super::embedded_db();
+    a_long_lane_does_not_starve_the_others(
+        &devops_bot::backends::store::embedded::SqliteStore::open(db).unwrap(),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn dynamodb_store_does_not_let_a_long_lane_starve_the_others() {
+    let world = on_moto().await;
+    let client = aws_sdk_dynamodb::Client::new(&world.sdk);
+    a_long_lane_does_not_starve_the_others(&devops_bot::backends::store::aws::DynamoStore::new(
+        client,
+        crate::aws_world::TABLE,
+    ))
+    .await;
+}
+
+/// A thread with hundreds of effects waiting behind a head in backoff (a
+/// Slack outage) must not hide the other lanes' effects from a claim.
+async fn a_long_lane_does_not_starve_the_others(store: &dyn Store) {
+    let busy = sample_request("UBUSY");
+    let replies: Vec<Effect> = (0..300)
+        .map(|n| Effect::ThreadReply {
+            request_id: busy.id.clone(),
+            text: format!("reply {n}"),
+        })
+        .collect();
+    // DynamoDB writes at most 100 items in one transaction.
+    for chunk in replies.chunks(50) {
+        store.enqueue(chunk).await.unwrap();
+    }
+    let head = store
+        .claim_due_effects(Utc::now(), LEASE, 10)
+        .await
+        .unwrap();
+    assert_eq!(head.len(), 1);
+    let later = Utc::now() + chrono::Duration::seconds(60);
+    store
+        .effect_retry(&head[0].id, later, "Slack is down", false)
+        .await
+        .unwrap();
+    let other = Effect::Ephemeral {
+        platform: "slack".into(),
+        channel: "C1".into(),
+        user: "UOTHER".into(),
+        text: "hello".into(),
+    };
+    store.enqueue(std::slice::from_ref(&other)).await.unwrap();
+    let due = store
+        .claim_due_effects(Utc::now(), LEASE, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        due.iter().map(|queued| &queued.effect).collect::<Vec<_>>(),
+        vec![&other],
+        "the other lane's effect is due and its lane is free"
+    );
+}
