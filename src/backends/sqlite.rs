@@ -296,7 +296,7 @@ fn stopped() -> BackendError {
 
 /// The database thread: takes what is queued, runs it in one transaction,
 /// commits, then tells each waiter. Ends when every `Database` is dropped.
-fn serve(mut connection: Connection, jobs: mpsc::Receiver<Box<dyn Job>>) {
+fn serve(connection: Connection, jobs: mpsc::Receiver<Box<dyn Job>>) {
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -305,7 +305,7 @@ fn serve(mut connection: Connection, jobs: mpsc::Receiver<Box<dyn Job>>) {
                 Err(_) => break,
             }
         }
-        let committed = run_batch(&mut connection, &mut batch);
+        let committed = run_batch(&connection, &mut batch);
         if let Err(error) = &committed {
             tracing::error!(%error, pieces = batch.len(), "sqlite: a transaction failed");
         }
@@ -315,26 +315,35 @@ fn serve(mut connection: Connection, jobs: mpsc::Receiver<Box<dyn Job>>) {
     }
 }
 
-fn run_batch(connection: &mut Connection, batch: &mut [Box<dyn Job>]) -> Result<(), BackendError> {
-    let mut transaction = connection.transaction()?;
-    for job in batch.iter_mut() {
-        {
-            let savepoint = transaction.savepoint()?;
-            if job.run(&savepoint) {
-                savepoint.commit()?;
+fn run_batch(connection: &Connection, batch: &mut [Box<dyn Job>]) -> Result<(), BackendError> {
+    // Kept prepared: parsed anew for every job, these cost a fair share of a small write.
+    let control = |sql: &str| -> Result<(), BackendError> {
+        connection.prepare_cached(sql)?.execute([])?;
+        Ok(())
+    };
+    control("BEGIN")?;
+    let outcome = (|| {
+        for job in batch.iter_mut() {
+            control("SAVEPOINT job")?;
+            let succeeded = job.run(connection);
+            // A full disk or an I/O error makes SQLite roll the whole transaction
+            // back by itself: nothing of this batch is written, so nothing more runs.
+            if connection.is_autocommit() {
+                return Err(BackendError::Unavailable(
+                    "sqlite rolled the transaction back (disk full or I/O error)".into(),
+                ));
             }
-            // Dropped without commit, a savepoint rolls back.
+            if !succeeded {
+                control("ROLLBACK TO job")?;
+            }
+            control("RELEASE job")?;
         }
-        // A full disk or an I/O error makes SQLite roll the whole transaction
-        // back by itself: nothing of this batch is written, so nothing more runs.
-        if transaction.is_autocommit() {
-            return Err(BackendError::Unavailable(
-                "sqlite rolled the transaction back (disk full or I/O error)".into(),
-            ));
-        }
+        control("COMMIT")
+    })();
+    if outcome.is_err() && !connection.is_autocommit() {
+        let _ = control("ROLLBACK");
     }
-    transaction.commit()?;
-    Ok(())
+    outcome
 }
 
 /// Brings a file written by an earlier version up to the current schema.
@@ -356,6 +365,57 @@ pub fn now_millis() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_job_that_fails_undoes_its_own_writes_and_no_one_elses() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::open(&dir.path().join("state.db")).unwrap();
+        let busy = {
+            let db = db.clone();
+            std::thread::spawn(move || {
+                db.run_blocking(|_| {
+                    std::thread::sleep(Duration::from_millis(200));
+                    Ok(())
+                })
+            })
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        // Queued while the thread is busy, these three share one transaction.
+        let jobs: Vec<_> = [("a", false), ("b", true), ("c", false)]
+            .into_iter()
+            .map(|(key, fails)| {
+                let db = db.clone();
+                std::thread::spawn(move || {
+                    db.run_blocking(move |connection| {
+                        connection.execute(
+                            "INSERT INTO dedupe (key, expires_at) VALUES (?1, 0)",
+                            (key,),
+                        )?;
+                        if fails {
+                            return Err(BackendError::Refused("changed its mind".into()));
+                        }
+                        Ok(())
+                    })
+                })
+            })
+            .collect();
+        busy.join().unwrap().unwrap();
+        let outcomes: Vec<bool> = jobs
+            .into_iter()
+            .map(|job| job.join().unwrap().is_ok())
+            .collect();
+        assert_eq!(outcomes, [true, false, true]);
+        let keys = db
+            .run_blocking(|connection| {
+                let mut select = connection.prepare("SELECT key FROM dedupe ORDER BY key")?;
+                let keys = select
+                    .query_map([], |row| row.get::<_, String>(0))?
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(keys)
+            })
+            .unwrap();
+        assert_eq!(keys, ["a", "c"]);
+    }
 
     #[test]
     fn the_log_is_copied_into_the_database_file_off_the_writers_path() {

@@ -71,20 +71,27 @@ impl Command {
         if words.is_empty() {
             return Ok(Command::Help);
         }
-        let matches = grammar()
-            .try_get_matches_from(&words)
+        // Building clap's grammar costs more than parsing with it: each thread keeps one.
+        thread_local! {
+            static GRAMMAR: std::cell::RefCell<clap::Command> = std::cell::RefCell::new(grammar());
+        }
+        let matches = GRAMMAR
+            .with_borrow_mut(|grammar| grammar.try_get_matches_from_mut(&words))
             .map_err(|error| command_error(&words[0], &error))?;
         Command::from_arg_matches(&matches).map_err(|error| command_error(&words[0], &error))
     }
 
     /// One line per command, from the definitions the parser uses.
-    pub fn help() -> String {
-        let mut lines = vec!["*devops-bot commands*".to_string()];
-        for sub in grammar().get_subcommands() {
-            let about = sub.get_about().map(|a| a.to_string()).unwrap_or_default();
-            lines.push(format!("• `{}` — {}", usage_of(sub), about));
-        }
-        lines.join("\n")
+    pub fn help() -> &'static str {
+        static HELP: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+            let mut lines = vec!["*devops-bot commands*".to_string()];
+            for sub in grammar().get_subcommands() {
+                let about = sub.get_about().map(|a| a.to_string()).unwrap_or_default();
+                lines.push(format!("• `{}` — {}", usage_of(sub), about));
+            }
+            lines.join("\n")
+        });
+        &HELP
     }
 }
 
