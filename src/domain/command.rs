@@ -75,10 +75,11 @@ impl Command {
         thread_local! {
             static GRAMMAR: std::cell::RefCell<clap::Command> = std::cell::RefCell::new(grammar());
         }
-        let matches = GRAMMAR
+        let mut matches = GRAMMAR
             .with_borrow_mut(|grammar| grammar.try_get_matches_from_mut(&words))
             .map_err(|error| command_error(&words[0], &error))?;
-        Command::from_arg_matches(&matches).map_err(|error| command_error(&words[0], &error))
+        Command::from_arg_matches_mut(&mut matches)
+            .map_err(|error| command_error(&words[0], &error))
     }
 
     /// One line per command, from the definitions the parser uses.
@@ -179,6 +180,25 @@ fn split_words(text: &str) -> Result<Vec<String>, String> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn the_grammar_a_thread_keeps_answers_alike_every_time() {
+        let texts = [
+            "deploy x --force",
+            "deploy cc-agent-doc-registry --stage prod",
+            "put-secret",
+            "nuke",
+        ];
+        let first: Vec<String> = texts
+            .iter()
+            .map(|text| format!("{:?}", Command::parse(text)))
+            .collect();
+        for _ in 0..3 {
+            for (text, expected) in texts.iter().zip(&first) {
+                assert_eq!(&format!("{:?}", Command::parse(text)), expected);
+            }
+        }
+    }
 
     #[test]
     fn parses_every_command() {
