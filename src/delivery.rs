@@ -33,7 +33,7 @@ const LEASE: Duration = Duration::from_secs(120);
 const DEPTH_EVERY: Duration = Duration::from_secs(1);
 /// At most this many effects are carried out at once.
 const IN_FLIGHT: usize = 64;
-const BLOCKED_LANES_POLL: Duration = Duration::from_millis(100);
+const BLOCKED_LANES_POLL_FIRST: Duration = Duration::from_millis(100);
 const RECORD_RETRY_FIRST: Duration = Duration::from_millis(250);
 const RECORD_RETRY_LONGEST: Duration = Duration::from_secs(10);
 /// A longer `Retry-After` than this is not believed.
@@ -42,6 +42,7 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 pub const BUS_HELD: &str = "⏳ The event bus cannot be reached right now. This approved request is held and will be sent as soon as it is back; nothing needs doing.";
 /// Told in the thread when a request held by an event bus outage has gone out.
 pub const BUS_BACK: &str = "📨 The event bus is reachable again: the request has been sent.";
+const HELD_NOTICE: &str = "bus-held";
 /// How long a thread notice is remembered as told, so no replica tells it twice.
 const NOTICE_KEPT: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -150,6 +151,12 @@ async fn post_once(
         .map_err(|error| chat_failure(error, queued.attempts))
 }
 
+fn log_if_panicked(finished: Result<(), tokio::task::JoinError>) {
+    if let Err(error) = finished {
+        tracing::error!(%error, "outbox: carrying out an effect panicked; its lease runs out and it is tried again");
+    }
+}
+
 fn kind(effect: &Effect) -> &'static str {
     match effect {
         Effect::Publish { .. } => "publish",
@@ -166,7 +173,11 @@ impl Delivery {
         tokio::pin!(shutdown);
         let mut in_flight = tokio::task::JoinSet::new();
         let mut depth_read: Option<tokio::time::Instant> = None;
+        let mut blocked_poll = BLOCKED_LANES_POLL_FIRST;
         loop {
+            while let Some(finished) = in_flight.try_join_next() {
+                log_if_panicked(finished);
+            }
             let room = IN_FLIGHT - in_flight.len();
             let mut wait = Duration::from_secs(1);
             // New effects are claimed while others are under way, so one slow call does not
@@ -174,6 +185,9 @@ impl Delivery {
             if room >= IN_FLIGHT / 2 {
                 let due = self.claim_due(room).await;
                 let more_may_be_due = due.len() == room;
+                if !due.is_empty() {
+                    blocked_poll = BLOCKED_LANES_POLL_FIRST;
+                }
                 for queued in due {
                     let this = self.clone();
                     in_flight.spawn(async move { this.settle(queued).await });
@@ -181,7 +195,17 @@ impl Delivery {
                 if more_may_be_due {
                     continue;
                 }
-                wait = self.next_due_in().await;
+                wait = match self.next_due_in().await {
+                    // Due already, yet not claimable: it waits behind its lane's head, under
+                    // way here or leased or backing off; looked at again, less and less often.
+                    Some(wait) if wait.is_zero() => {
+                        let poll = blocked_poll;
+                        blocked_poll = (blocked_poll * 2).min(Duration::from_secs(1));
+                        poll
+                    }
+                    Some(wait) => wait,
+                    None => wait,
+                };
             }
             // Counting the outbox costs as much as it holds: once a second is enough for a gauge.
             if depth_read.is_none_or(|at| at.elapsed() >= DEPTH_EVERY) {
@@ -193,12 +217,16 @@ impl Delivery {
             tokio::select! {
                 _ = &mut shutdown => break,
                 _ = self.wake.notified() => {}
-                Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
+                Some(finished) = in_flight.join_next(), if !in_flight.is_empty() => {
+                    log_if_panicked(finished);
+                }
                 _ = tokio::time::sleep(wait) => {}
             }
         }
         // What is under way finishes and is written down; nothing new starts.
-        while in_flight.join_next().await.is_some() {}
+        while let Some(finished) = in_flight.join_next().await {
+            log_if_panicked(finished);
+        }
     }
 
     /// Leases up to `room` due effects, at most one per lane.
@@ -212,19 +240,16 @@ impl Delivery {
         }
     }
 
-    /// How long until the next effect is due, a second at most. Called when
-    /// nothing more could be claimed: an effect due already waits behind its
-    /// lane's head (under way here or leased elsewhere), so it is looked at
-    /// again shortly rather than at once, over and over.
-    async fn next_due_in(&self) -> Duration {
-        let most = Duration::from_secs(1);
-        match self.store.next_effect_at().await {
-            Ok(Some(at)) => match (at - Utc::now()).to_std() {
-                Ok(wait) if !wait.is_zero() => wait.min(most),
-                _ => BLOCKED_LANES_POLL,
-            },
-            _ => most,
-        }
+    /// How long until the next effect is due (zero if one is due already),
+    /// if any is waiting and the store can tell.
+    async fn next_due_in(&self) -> Option<Duration> {
+        let at = self.store.next_effect_at().await.ok()??;
+        Some(
+            (at - Utc::now())
+                .to_std()
+                .unwrap_or_default()
+                .min(Duration::from_secs(1)),
+        )
     }
 
     async fn settle(&self, queued: QueuedEffect) {
@@ -232,11 +257,16 @@ impl Delivery {
         let kind = kind(&queued.effect);
         let performed = match tokio::time::timeout(EFFECT_TIMEOUT, self.perform(&queued)).await {
             Ok(performed) => performed,
-            Err(_) => Err(Failed::Retry {
-                refused: false,
-                after: backoff(queued.attempts),
-                reason: format!("no answer within {EFFECT_TIMEOUT:?}"),
-            }),
+            Err(_) => {
+                if let Effect::Publish { request_id } = &queued.effect {
+                    self.tell_bus_held(request_id).await;
+                }
+                Err(Failed::Retry {
+                    refused: false,
+                    after: backoff(queued.attempts),
+                    reason: format!("no answer within {EFFECT_TIMEOUT:?}"),
+                })
+            }
         };
         let settled = match performed {
             Ok(()) => {
@@ -303,27 +333,45 @@ impl Delivery {
         }
     }
 
-    /// Queues `text` in the request's thread, once across retries and replicas.
-    /// A notice that cannot be queued now is left out rather than risk it twice.
-    async fn tell_thread_once(&self, request_id: &RequestId, key: &str, text: &str) {
-        let told = match self
-            .store
-            .claim_once(&format!("{key}:{request_id}"), NOTICE_KEPT)
-            .await
+    async fn tell_bus_held(&self, request_id: &RequestId) {
+        if self.claim_notice(HELD_NOTICE, request_id).await {
+            self.tell_thread(request_id, BUS_HELD).await;
+        }
+    }
+
+    /// After a publish that followed failures. Decided once: a later republish
+    /// (its outcome was not recorded) must not tell it again, nor tell it
+    /// when the held notice was never told.
+    async fn tell_bus_back(&self, request_id: &RequestId) {
+        // Claiming the held notice's key tells whether it was told: if this
+        // claim wins, it was not, and there is nothing to take back.
+        if self.claim_notice("bus-back", request_id).await
+            && !self.claim_notice(HELD_NOTICE, request_id).await
         {
-            Ok(true) => {
-                self.store
-                    .enqueue(&[Effect::ThreadReply {
-                        request_id: request_id.clone(),
-                        text: text.to_string(),
-                    }])
-                    .await
-            }
-            Ok(false) => Ok(()),
-            Err(error) => Err(error),
+            self.tell_thread(request_id, BUS_BACK).await;
+        }
+    }
+
+    /// True for the first caller per notice and request, across retries and
+    /// replicas; false too when it cannot be claimed now, as a notice is
+    /// better left out than told twice.
+    async fn claim_notice(&self, notice: &str, request_id: &RequestId) -> bool {
+        self.store
+            .claim_once(&format!("{notice}:{request_id}"), NOTICE_KEPT)
+            .await
+            .unwrap_or_else(|error| {
+                tracing::warn!(%error, notice, "outbox: could not claim a thread notice; left out");
+                false
+            })
+    }
+
+    async fn tell_thread(&self, request_id: &RequestId, text: &str) {
+        let reply = Effect::ThreadReply {
+            request_id: request_id.clone(),
+            text: text.to_string(),
         };
-        if let Err(error) = told {
-            tracing::warn!(%error, notice = key, "outbox: could not queue a thread notice; left out");
+        if let Err(error) = self.store.enqueue(&[reply]).await {
+            tracing::warn!(%error, "outbox: could not queue a thread notice; left out");
         }
     }
 
@@ -390,10 +438,7 @@ impl Delivery {
                 envelope.id = request.id.to_string();
                 if let Err(error) = self.bus.publish(&envelope).await {
                     // Failed after the SDK's own retries: an outage, not a blip.
-                    if attempts == 0 {
-                        self.tell_thread_once(request_id, "bus-held", BUS_HELD)
-                            .await;
-                    }
+                    self.tell_bus_held(request_id).await;
                     return Err(Failed::Retry {
                         refused: false,
                         after: backoff(attempts),
@@ -401,18 +446,8 @@ impl Delivery {
                     });
                 }
                 self.metrics.event(DEVOPS_REQUEST, "published");
-                // Claiming the held notice's key tells whether it was told: if this
-                // claim wins, it was not, and there is nothing to take back.
-                if attempts > 0
-                    && matches!(
-                        self.store
-                            .claim_once(&format!("bus-held:{request_id}"), NOTICE_KEPT)
-                            .await,
-                        Ok(false)
-                    )
-                {
-                    self.tell_thread_once(request_id, "bus-back", BUS_BACK)
-                        .await;
+                if attempts > 0 {
+                    self.tell_bus_back(request_id).await;
                 }
                 self.requests.mark_published(request_id).await?;
                 Ok(())

@@ -248,8 +248,15 @@ impl Application {
             }
         };
         let _ = stop_tx.send(true);
-        for worker in workers {
-            let _ = worker.await;
+        // Effects under way finish if they can; one cut off is taken back as interrupted.
+        let finished = futures_util::future::join_all(workers);
+        if tokio::time::timeout(SHUTDOWN_DEADLINE, finished)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "shutdown deadline passed; work under way is taken back at the next start"
+            );
         }
         served
     }

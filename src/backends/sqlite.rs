@@ -261,9 +261,9 @@ fn lock_for_this_process(path: &Path) -> Result<std::fs::File, BackendError> {
 /// matter of milliseconds: done by the writer, it would stall whichever commit
 /// crossed the threshold, so a thread of its own does it this often.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
-/// The writer checkpoints by itself only past this many pages of log (40 MB),
-/// should the background thread ever fall that far behind.
-const WRITER_CHECKPOINTS_PAST: u32 = 10_000;
+/// The writer checkpoints by itself only past this many pages of log (4 MB,
+/// SQLite's default), as under a sustained load the background thread falls behind.
+const WRITER_CHECKPOINTS_PAST: u32 = 1_000;
 
 /// Checkpoints every `CHECKPOINT_EVERY` without waiting on the writer, and
 /// once more when `stop` is dropped.
@@ -321,6 +321,10 @@ fn run_batch(connection: &Connection, batch: &mut [Box<dyn Job>]) -> Result<(), 
         connection.prepare_cached(sql)?.execute([])?;
         Ok(())
     };
+    // A rollback that failed last time must not leave every later batch failing.
+    if !connection.is_autocommit() {
+        control("ROLLBACK")?;
+    }
     control("BEGIN")?;
     let outcome = (|| {
         for job in batch.iter_mut() {

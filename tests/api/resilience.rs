@@ -233,7 +233,8 @@ async fn a_thread_slack_is_slow_for_does_not_hold_up_the_others() {
         )
         .await;
     assert!(
-        clicked.elapsed() < Duration::from_secs(3),
+        // Slack answers the slow thread after 5 s: waiting behind it shows as more.
+        clicked.elapsed() < Duration::from_millis(4500),
         "the quick thread waited {:?} for the slow one",
         clicked.elapsed()
     );

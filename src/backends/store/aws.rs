@@ -653,10 +653,11 @@ impl Store for DynamoStore {
     ) -> Result<Vec<QueuedEffect>, BackendError> {
         let now = now.timestamp_millis();
         let leased_until = now.saturating_add(millis(lease));
-        // Every waiting effect is on the work list, not only lanes' heads: a long
-        // lane (a thread's replies behind a post in backoff) can fill pages, so
-        // reading goes on until enough lanes are seen.
-        let mut lanes: Vec<String> = Vec::new();
+        // Every waiting effect is on the work list, not only lanes' heads: lanes
+        // whose head is under way or backing off can fill pages, so reading goes
+        // on until enough heads are claimed.
+        let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
+        let mut due = Vec::new();
         let mut start = None;
         for _ in 0..WORK_LIST_PAGES {
             let output = self
@@ -672,25 +673,42 @@ impl Store for DynamoStore {
                 .send()
                 .await
                 .map_err(|e| classify("DynamoDB Query", e))?;
+            let mut lanes = Vec::new();
             for item in output.items.unwrap_or_default() {
                 let lane = text(&item, "PK")?.trim_start_matches("LANE#").to_string();
-                if !lanes.contains(&lane) {
+                if seen.insert(lane.clone()) {
                     lanes.push(lane);
                 }
             }
+            let mut lanes = lanes.into_iter().peekable();
+            while due.len() < limit && lanes.peek().is_some() {
+                // The work list is eventually consistent; each lane's head is read and leased consistently.
+                let claims: Vec<_> = lanes
+                    .by_ref()
+                    .take(limit - due.len())
+                    .map(|lane| async move { self.claim_lane_head(&lane, now, leased_until).await })
+                    .collect();
+                let mut failed = None;
+                for claimed in futures_util::future::join_all(claims).await {
+                    match claimed {
+                        Ok(claimed) => due.extend(claimed),
+                        Err(error) => failed = Some(error),
+                    }
+                }
+                // What is leased already goes out; the rest waits for the next claim.
+                match failed {
+                    Some(error) if due.is_empty() => return Err(error),
+                    Some(error) => {
+                        tracing::warn!(%error, "outbox: claiming a lane's head failed");
+                        return Ok(due);
+                    }
+                    None => {}
+                }
+            }
             start = output.last_evaluated_key;
-            if lanes.len() >= limit || start.is_none() {
+            if due.len() >= limit || start.is_none() {
                 break;
             }
-        }
-        lanes.truncate(limit);
-        // The work list is eventually consistent; each lane's head is read and leased consistently.
-        let claims = lanes
-            .iter()
-            .map(|lane| self.claim_lane_head(lane, now, leased_until));
-        let mut due = Vec::new();
-        for claimed in futures_util::future::join_all(claims).await {
-            due.extend(claimed?);
         }
         Ok(due)
     }

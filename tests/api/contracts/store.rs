@@ -342,30 +342,39 @@ async fn dynamodb_store_does_not_let_a_long_lane_starve_the_others() {
     .await;
 }
 
-/// A thread with hundreds of effects waiting behind a head in backoff (a
-/// Slack outage) must not hide the other lanes' effects from a claim.
+/// Lanes whose head is in backoff (a Slack outage), one with hundreds of
+/// effects waiting behind it and more such lanes than a claim takes, must not
+/// hide another lane's effect from a claim.
 async fn a_long_lane_does_not_starve_the_others(store: &dyn Store) {
+    let thread = |request: &Request, n: usize| Effect::ThreadReply {
+        request_id: request.id.clone(),
+        text: format!("reply {n}"),
+    };
+    for _ in 0..12 {
+        let request = sample_request("USTUCK");
+        store
+            .enqueue(&[thread(&request, 0), thread(&request, 1)])
+            .await
+            .unwrap();
+    }
     let busy = sample_request("UBUSY");
-    let replies: Vec<Effect> = (0..300)
-        .map(|n| Effect::ThreadReply {
-            request_id: busy.id.clone(),
-            text: format!("reply {n}"),
-        })
-        .collect();
+    let replies: Vec<Effect> = (0..300).map(|n| thread(&busy, n)).collect();
     // DynamoDB writes at most 100 items in one transaction.
     for chunk in replies.chunks(50) {
         store.enqueue(chunk).await.unwrap();
     }
-    let head = store
-        .claim_due_effects(Utc::now(), LEASE, 10)
+    let heads = store
+        .claim_due_effects(Utc::now(), LEASE, 20)
         .await
         .unwrap();
-    assert_eq!(head.len(), 1);
+    assert_eq!(heads.len(), 13, "one head per lane");
     let later = Utc::now() + chrono::Duration::seconds(60);
-    store
-        .effect_retry(&head[0].id, later, "Slack is down", false)
-        .await
-        .unwrap();
+    for head in &heads {
+        store
+            .effect_retry(&head.id, later, "Slack is down", false)
+            .await
+            .unwrap();
+    }
     let other = Effect::Ephemeral {
         platform: "slack".into(),
         channel: "C1".into(),
