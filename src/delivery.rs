@@ -449,7 +449,7 @@ impl Delivery {
                 if attempts > 0 {
                     self.tell_bus_back(request_id).await;
                 }
-                self.requests.mark_published(request_id).await?;
+                self.requests.mark_published(request).await?;
                 Ok(())
             }
             Effect::PostCard { request_id } | Effect::UpdateCard { request_id } => {
@@ -485,10 +485,16 @@ impl Delivery {
                 }
             }
             Effect::ThreadReply { request_id, text } => {
-                let Some(request) = self.request(request_id).await? else {
-                    return Ok(());
+                // A posted card means the request exists; without one, the request says why.
+                let thread = match self.store.thread(request_id).await? {
+                    Some(thread) => thread,
+                    None => {
+                        let Some(request) = self.request(request_id).await? else {
+                            return Ok(());
+                        };
+                        self.thread(&request, attempts).await?
+                    }
                 };
-                let thread = self.thread(&request, attempts).await?;
                 let platform = self.platform(&thread.platform)?;
                 let message = ChatMessage::text(text.clone())
                     .keyed(format!("reply:{request_id}:{}", queued.id.as_str()));

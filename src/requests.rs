@@ -296,17 +296,20 @@ impl RequestService {
         Ok(expired)
     }
 
-    /// Marks an approved request published, unless the completion got there first.
-    pub async fn mark_published(&self, id: &RequestId) -> Result<(), BackendError> {
+    /// Marks an approved request published, unless the completion got there
+    /// first. `request` is as it was read before publishing; it is read again
+    /// only if it has changed since.
+    pub async fn mark_published(&self, mut request: Request) -> Result<(), BackendError> {
         loop {
-            let Some(mut request) = self.store.request(id).await? else {
-                return Ok(());
-            };
             if !request.mark_published(Utc::now())
                 || self.store.update_request(&request, &[]).await?
             {
                 return Ok(());
             }
+            let Some(current) = self.store.request(&request.id).await? else {
+                return Ok(());
+            };
+            request = current;
         }
     }
 
