@@ -387,17 +387,15 @@ impl Delivery {
         Ok(self.store.request(id).await?)
     }
 
-    async fn thread(&self, request: &Request, attempts: u32) -> Result<ThreadRef, Failed> {
-        match self.store.thread(&request.id).await? {
-            Some(thread) => Ok(thread),
-            None if attempts >= MAX_ATTEMPTS_WITHOUT_PROGRESS => {
-                Err(Failed::GiveUp("the request's card was never posted".into()))
-            }
-            None => Err(Failed::Retry {
-                refused: true,
-                after: backoff(attempts),
-                reason: "the request's card is not posted yet".into(),
-            }),
+    /// An effect on a request's thread whose card is not posted (yet).
+    fn card_not_posted(attempts: u32) -> Failed {
+        if attempts >= MAX_ATTEMPTS_WITHOUT_PROGRESS {
+            return Failed::GiveUp("the request's card was never posted".into());
+        }
+        Failed::Retry {
+            refused: true,
+            after: backoff(attempts),
+            reason: "the request's card is not posted yet".into(),
         }
     }
 
@@ -481,19 +479,16 @@ impl Delivery {
                         };
                         Ok(self.store.set_thread(request_id, &thread).await?)
                     }
-                    (None, _) => self.thread(&request, attempts).await.map(|_| ()),
+                    (None, _) => Err(Self::card_not_posted(attempts)),
                 }
             }
             Effect::ThreadReply { request_id, text } => {
                 // A posted card means the request exists; without one, the request says why.
-                let thread = match self.store.thread(request_id).await? {
-                    Some(thread) => thread,
-                    None => {
-                        let Some(request) = self.request(request_id).await? else {
-                            return Ok(());
-                        };
-                        self.thread(&request, attempts).await?
-                    }
+                let Some(thread) = self.store.thread(request_id).await? else {
+                    return match self.request(request_id).await? {
+                        Some(_) => Err(Self::card_not_posted(attempts)),
+                        None => Ok(()),
+                    };
                 };
                 let platform = self.platform(&thread.platform)?;
                 let message = ChatMessage::text(text.clone())
