@@ -146,14 +146,14 @@ impl Database {
         migrate(&connection)?;
         // Every statement the backends run stays parsed.
         connection.set_prepared_statement_cache_capacity(64);
-        let (stop_checkpoints, stopped_rx) = mpsc::channel::<()>();
-        let checkpoints = checkpoint_in_background(Connection::open(path)?, stopped_rx)?;
+        // One signal waiting is enough: commits while a checkpoint runs fold into it.
+        let (committed, commits) = mpsc::sync_channel::<()>(1);
+        let checkpoints = checkpoint_in_background(Connection::open(path)?, commits)?;
         let (queue, jobs) = mpsc::channel();
         std::thread::Builder::new()
             .name("sqlite".into())
             .spawn(move || {
-                serve(connection, jobs);
-                drop(stop_checkpoints);
+                serve(connection, jobs, committed);
                 let _ = checkpoints.join();
                 drop(lock);
             })
@@ -257,27 +257,30 @@ fn lock_for_this_process(path: &Path) -> Result<std::fs::File, BackendError> {
     }
 }
 
-/// A checkpoint copies the log back into the database file and syncs it, a
-/// matter of milliseconds: done by the writer, it would stall whichever commit
-/// crossed the threshold, so a thread of its own does it this often.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
+/// A checkpoint copies the log back into the database file and syncs both, a
+/// matter of milliseconds: done by the writer, it stalls whichever commit
+/// crossed the threshold. A thread of its own does it instead, soon after
+/// commits, so the log stays short and the writer, starting it afresh, only
+/// syncs its header.
+///
+/// Least time between two background checkpoints: under a steady load one
+/// runs this often, not after every commit.
+const CHECKPOINT_GAP: Duration = Duration::from_millis(10);
 /// The writer checkpoints by itself only past this many pages of log (4 MB,
-/// SQLite's default), as under a sustained load the background thread falls behind.
+/// SQLite's default), as under a sustained load the log grows while the
+/// background thread copies it, and is started afresh only when it has caught up.
 const WRITER_CHECKPOINTS_PAST: u32 = 1_000;
 
-/// Checkpoints every `CHECKPOINT_EVERY` without waiting on the writer, and
-/// once more when `stop` is dropped.
+/// Checkpoints after each `commits` signal (at most every `CHECKPOINT_GAP`)
+/// without waiting on the writer, and once more when the writer stops.
 fn checkpoint_in_background(
     connection: Connection,
-    stop: mpsc::Receiver<()>,
+    commits: mpsc::Receiver<()>,
 ) -> Result<std::thread::JoinHandle<()>, BackendError> {
     std::thread::Builder::new()
         .name("sqlite-checkpoint".into())
         .spawn(move || loop {
-            let stopping = !matches!(
-                stop.recv_timeout(CHECKPOINT_EVERY),
-                Err(mpsc::RecvTimeoutError::Timeout)
-            );
+            let stopping = commits.recv().is_err();
             if let Err(error) =
                 connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
             {
@@ -286,6 +289,7 @@ fn checkpoint_in_background(
             if stopping {
                 return;
             }
+            std::thread::sleep(CHECKPOINT_GAP);
         })
         .map_err(|error| BackendError::Unavailable(format!("sqlite checkpoint thread: {error}")))
 }
@@ -296,7 +300,11 @@ fn stopped() -> BackendError {
 
 /// The database thread: takes what is queued, runs it in one transaction,
 /// commits, then tells each waiter. Ends when every `Database` is dropped.
-fn serve(connection: Connection, jobs: mpsc::Receiver<Box<dyn Job>>) {
+fn serve(
+    connection: Connection,
+    jobs: mpsc::Receiver<Box<dyn Job>>,
+    committed: mpsc::SyncSender<()>,
+) {
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -305,13 +313,15 @@ fn serve(connection: Connection, jobs: mpsc::Receiver<Box<dyn Job>>) {
                 Err(_) => break,
             }
         }
-        let committed = run_batch(&connection, &mut batch);
-        if let Err(error) = &committed {
+        let outcome = run_batch(&connection, &mut batch);
+        if let Err(error) = &outcome {
             tracing::error!(%error, pieces = batch.len(), "sqlite: a transaction failed");
         }
         for job in batch {
-            job.finish(committed.clone());
+            job.finish(outcome.clone());
         }
+        // Full means a checkpoint is already due.
+        let _ = committed.try_send(());
     }
 }
 
