@@ -563,16 +563,15 @@ async fn bench(args: Args) {
 /// Slack call for 500 ms); returns how long after the call the last one came.
 async fn wait_until_idle(slack: &FakeSlack) -> Duration {
     let started = Instant::now();
-    let mut seen = slack.calls().len();
+    let mut seen = slack.answered_so_far().0;
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let calls = slack.calls();
-        if calls.len() == seen {
-            let last = calls.iter().map(|call| call.received).max();
+        let (answered, last) = slack.answered_so_far();
+        if answered == seen {
             return last.map_or_else(Duration::default, |last| {
                 last.saturating_duration_since(started)
             });
         }
-        seen = calls.len();
+        seen = answered;
     }
 }
