@@ -185,9 +185,7 @@ impl Delivery {
             if room >= IN_FLIGHT / 2 {
                 let due = self.claim_due(room).await;
                 let more_may_be_due = due.len() == room;
-                if !due.is_empty() {
-                    blocked_poll = BLOCKED_LANES_POLL_FIRST;
-                }
+                let started_some = !due.is_empty();
                 for queued in due {
                     let this = self.clone();
                     in_flight.spawn(async move { this.settle(queued).await });
@@ -195,16 +193,23 @@ impl Delivery {
                 if more_may_be_due {
                     continue;
                 }
-                wait = match self.next_due_in().await {
-                    // Due already, yet not claimable: it waits behind its lane's head, under
-                    // way here or leased or backing off; looked at again, less and less often.
-                    Some(wait) if wait.is_zero() => {
-                        let poll = blocked_poll;
-                        blocked_poll = (blocked_poll * 2).min(Duration::from_secs(1));
-                        poll
+                wait = if started_some {
+                    blocked_poll = BLOCKED_LANES_POLL_FIRST;
+                    // The effects just started bring this loop back as they finish; asking the
+                    // store when the next one is due would queue ahead of their first reads.
+                    BLOCKED_LANES_POLL_FIRST
+                } else {
+                    match self.next_due_in().await {
+                        // Due already, yet not claimable: it waits behind its lane's head, under
+                        // way here or leased or backing off; looked at again, less and less often.
+                        Some(wait) if wait.is_zero() => {
+                            let poll = blocked_poll;
+                            blocked_poll = (blocked_poll * 2).min(Duration::from_secs(1));
+                            poll
+                        }
+                        Some(wait) => wait,
+                        None => wait,
                     }
-                    Some(wait) => wait,
-                    None => wait,
                 };
             }
             // Counting the outbox costs as much as it holds: once a second is enough for a gauge.
