@@ -1,7 +1,7 @@
 //! The one SQLite file under `DEVOPSBOT_DATA_DIR` that the embedded backends share.
 
-use std::path::Path;
-use std::sync::mpsc;
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
@@ -85,9 +85,47 @@ const MAX_BATCH: usize = 256;
 /// together in the next transaction (a group commit: one WAL append for a
 /// whole burst of requests), each piece in a savepoint of its own, so a piece
 /// that fails is undone alone. Async callers never wait on a lock.
+///
+/// Lookups of one row by its key skip the queue (see [`Database::read`]).
 #[derive(Clone)]
 pub struct Database {
     queue: mpsc::Sender<Box<dyn Job>>,
+    readers: Arc<Readers>,
+}
+
+/// Read-only connections to the same file, lent to one caller at a time.
+struct Readers {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+/// Readers kept open between reads; more are opened when needed, then closed.
+const IDLE_READERS: usize = 8;
+
+impl Readers {
+    fn lend(&self) -> Result<Connection, BackendError> {
+        let idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .pop();
+        if let Some(reader) = idle {
+            return Ok(reader);
+        }
+        let reader = Connection::open(&self.path)?;
+        reader.execute_batch("PRAGMA query_only = 1; PRAGMA busy_timeout = 5000;")?;
+        Ok(reader)
+    }
+
+    fn give_back(&self, reader: Connection) {
+        let mut idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if idle.len() < IDLE_READERS {
+            idle.push(reader);
+        }
+    }
 }
 
 /// A piece of queued work and whoever waits for its outcome.
@@ -158,7 +196,11 @@ impl Database {
                 drop(lock);
             })
             .map_err(|error| BackendError::Unavailable(format!("sqlite thread: {error}")))?;
-        Ok(Database { queue })
+        let readers = Arc::new(Readers {
+            path: path.to_path_buf(),
+            idle: Mutex::new(Vec::new()),
+        });
+        Ok(Database { queue, readers })
     }
 
     /// Runs `work` in the next transaction; when this returns, its writes are
@@ -173,6 +215,20 @@ impl Database {
             let _ = reply.send(result);
         })?;
         outcome.await.unwrap_or_else(|_| Err(stopped()))
+    }
+
+    /// Runs `work`, which only reads, at once on the caller's thread and on a
+    /// connection of its own. For lookups of a row by its key, which take
+    /// microseconds: queued to the database thread, each would wait for the
+    /// batch under way and cost two thread hand-offs. Sees committed data only.
+    pub fn read<T>(
+        &self,
+        work: impl FnOnce(&Connection) -> Result<T, BackendError>,
+    ) -> Result<T, BackendError> {
+        let reader = self.readers.lend()?;
+        let outcome = work(&reader);
+        self.readers.give_back(reader);
+        outcome
     }
 
     /// Runs one statement in the next transaction; the rows it changed.

@@ -44,15 +44,12 @@ impl LocalStacks {
 #[async_trait]
 impl StacksBackend for LocalStacks {
     async fn status(&self, stack_name: &str) -> Result<Option<String>, BackendError> {
-        let stack_name = stack_name.to_string();
-        self.db
-            .run(move |conn| {
-                Ok(conn
-                    .prepare_cached("SELECT status FROM stacks WHERE name = ?1")?
-                    .query_row([stack_name], |row| row.get(0))
-                    .optional()?)
-            })
-            .await
+        self.db.read(|conn| {
+            Ok(conn
+                .prepare_cached("SELECT status FROM stacks WHERE name = ?1")?
+                .query_row([stack_name], |row| row.get(0))
+                .optional()?)
+        })
     }
 
     async fn update(

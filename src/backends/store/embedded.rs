@@ -92,15 +92,12 @@ impl Store for SqliteStore {
 
     async fn request(&self, id: &RequestId) -> Result<Option<Request>, BackendError> {
         let id = id.to_string();
-        let body: Option<String> = self
-            .db
-            .run(move |conn| {
-                Ok(conn
-                    .prepare_cached("SELECT body FROM requests WHERE id = ?1")?
-                    .query_row([id], |row| row.get(0))
-                    .optional()?)
-            })
-            .await?;
+        let body: Option<String> = self.db.read(|conn| {
+            Ok(conn
+                .prepare_cached("SELECT body FROM requests WHERE id = ?1")?
+                .query_row([id], |row| row.get(0))
+                .optional()?)
+        })?;
         body.map(|body| serde_json::from_str(&body).map_err(BackendError::from))
             .transpose()
     }
@@ -180,22 +177,18 @@ impl Store for SqliteStore {
 
     async fn thread(&self, id: &RequestId) -> Result<Option<ThreadRef>, BackendError> {
         let id = id.to_string();
-        self.db
-            .run(move |conn| {
-                Ok(conn
-                    .prepare_cached(
-                        "SELECT platform, channel, ts FROM threads WHERE request_id = ?1",
-                    )?
-                    .query_row([id], |row| {
-                        Ok(ThreadRef {
-                            platform: row.get(0)?,
-                            channel: row.get(1)?,
-                            ts: row.get(2)?,
-                        })
+        self.db.read(|conn| {
+            Ok(conn
+                .prepare_cached("SELECT platform, channel, ts FROM threads WHERE request_id = ?1")?
+                .query_row([id], |row| {
+                    Ok(ThreadRef {
+                        platform: row.get(0)?,
+                        channel: row.get(1)?,
+                        ts: row.get(2)?,
                     })
-                    .optional()?)
-            })
-            .await
+                })
+                .optional()?)
+        })
     }
 
     async fn claim_once(&self, key: &str, ttl: Duration) -> Result<bool, BackendError> {
