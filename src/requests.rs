@@ -280,7 +280,7 @@ impl RequestService {
     /// Expires pending requests whose time is up and updates their cards.
     pub async fn expire_due(&self) -> Result<usize, BackendError> {
         let mut expired = 0;
-        for mut request in self.store.pending_requests().await? {
+        for mut request in self.store.expired_requests(Utc::now()).await? {
             if request.expire(Utc::now()) {
                 let effects = [Effect::UpdateCard {
                     request_id: request.id.clone(),

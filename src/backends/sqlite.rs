@@ -15,7 +15,8 @@ CREATE TABLE IF NOT EXISTS requests (
     status TEXT NOT NULL,
     created_at TEXT NOT NULL,
     version INTEGER NOT NULL,
-    body TEXT NOT NULL
+    body TEXT NOT NULL,
+    expires_at INTEGER
 );
 CREATE INDEX IF NOT EXISTS requests_by_requester ON requests (requester, created_at);
 CREATE INDEX IF NOT EXISTS requests_by_status ON requests (status);
@@ -425,6 +426,21 @@ fn migrate(connection: &Connection) -> Result<(), BackendError> {
         connection
             .execute_batch("ALTER TABLE outbox ADD COLUMN claimed INTEGER NOT NULL DEFAULT 0;")?;
     }
+    let has_expiry = connection
+        .prepare("SELECT 1 FROM pragma_table_info('requests') WHERE name = 'expires_at'")?
+        .exists([])?;
+    if !has_expiry {
+        connection.execute_batch(
+            "ALTER TABLE requests ADD COLUMN expires_at INTEGER;
+             UPDATE requests SET expires_at = CAST(round(
+                 (julianday(json_extract(body, '$.expiresAt')) - 2440587.5) * 86400000) AS INTEGER);",
+        )?;
+    }
+    // The expiry sweep reads only the requests whose time is up, not every pending one.
+    connection.execute_batch(
+        "CREATE INDEX IF NOT EXISTS requests_pending_by_expiry ON requests (expires_at)
+         WHERE status = 'pending';",
+    )?;
     Ok(())
 }
 
@@ -512,6 +528,35 @@ mod tests {
             size() > before,
             "the writer checkpoints only past {WRITER_CHECKPOINTS_PAST} pages, so the background thread did this"
         );
+    }
+
+    #[test]
+    fn requests_stored_before_the_expiry_column_get_their_expiry_from_the_body() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let earlier = Connection::open(&path).unwrap();
+        earlier
+            .execute_batch(
+                r#"CREATE TABLE requests (id TEXT PRIMARY KEY, requester TEXT NOT NULL,
+                       status TEXT NOT NULL, created_at TEXT NOT NULL, version INTEGER NOT NULL,
+                       body TEXT NOT NULL);
+                   INSERT INTO requests VALUES ('r1', 'slack:U1', 'pending', '', 0,
+                       '{"expiresAt":"2026-12-04T14:32:45.088934747Z"}');"#,
+            )
+            .unwrap();
+        drop(earlier);
+        let db = Database::open(&path).unwrap();
+        let expires_at: i64 = db
+            .read(|connection| {
+                Ok(connection.query_row(
+                    "SELECT expires_at FROM requests WHERE id = 'r1'",
+                    [],
+                    |row| row.get(0),
+                )?)
+            })
+            .unwrap();
+        let expected = chrono::DateTime::parse_from_rfc3339("2026-12-04T14:32:45.089Z").unwrap();
+        assert_eq!(expires_at, expected.timestamp_millis());
     }
 
     #[test]

@@ -529,6 +529,19 @@ impl Store for DynamoStore {
             .collect()
     }
 
+    /// The work list of pending requests has no expiry in its key: read whole, as the
+    /// sweep did before, and filtered here.
+    async fn expired_requests(&self, now: DateTime<Utc>) -> Result<Vec<Request>, BackendError> {
+        let mut expired: Vec<Request> = self
+            .pending_requests()
+            .await?
+            .into_iter()
+            .filter(|request| request.expires_at <= now)
+            .collect();
+        expired.sort_by_key(|request| request.expires_at);
+        Ok(expired)
+    }
+
     async fn set_thread(&self, id: &RequestId, thread: &ThreadRef) -> Result<(), BackendError> {
         let mut item = key(format!("REQ#{id}"), "THREAD");
         item.insert("platform".into(), s(&thread.platform));

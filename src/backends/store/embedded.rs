@@ -65,23 +65,24 @@ impl Store for SqliteStore {
         request: &Request,
         effects: &[Effect],
     ) -> Result<(), BackendError> {
-        let (id, requester, status, created_at, version, body) = (
+        let (id, requester, status, created_at, version, body, expires_at) = (
             request.id.to_string(),
             request.requester.identity(),
             request.status.as_str(),
             request.created_at.to_rfc3339(),
             request.version as i64,
             serde_json::to_string(request)?,
+            request.expires_at.timestamp_millis(),
         );
         let effects = effects.to_vec();
         self.db
             .run(move |conn| {
                 let inserted = conn
                     .prepare_cached(
-                        "INSERT OR IGNORE INTO requests (id, requester, status, created_at, version, body)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                        "INSERT OR IGNORE INTO requests (id, requester, status, created_at, version, body, expires_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                     )?
-                    .execute(params![id, requester, status, created_at, version, body])?;
+                    .execute(params![id, requester, status, created_at, version, body, expires_at])?;
                 if inserted == 0 {
                     return Err(BackendError::Refused(format!("request {id} already exists")));
                 }
@@ -163,6 +164,24 @@ impl Store for SqliteStore {
                         "SELECT body FROM requests WHERE status = ?1 ORDER BY created_at",
                     )?
                     .query_map([Status::Pending.as_str()], |row| row.get(0))?
+                    .collect::<Result<Vec<String>, _>>()?;
+                Ok(rows)
+            })
+            .await?;
+        decode_requests(rows)
+    }
+
+    async fn expired_requests(&self, now: DateTime<Utc>) -> Result<Vec<Request>, BackendError> {
+        let now = now.timestamp_millis();
+        let rows = self
+            .db
+            .run(move |conn| {
+                let rows = conn
+                    .prepare_cached(
+                        "SELECT body FROM requests WHERE status = 'pending' AND expires_at <= ?1
+                         ORDER BY expires_at",
+                    )?
+                    .query_map([now], |row| row.get(0))?
                     .collect::<Result<Vec<String>, _>>()?;
                 Ok(rows)
             })

@@ -115,6 +115,8 @@ pub trait Store: Send + Sync {
     async fn requests_by(&self, identity: &str, limit: usize)
         -> Result<Vec<Request>, BackendError>;
     async fn pending_requests(&self) -> Result<Vec<Request>, BackendError>;
+    /// The pending requests whose time is up by `now`, soonest first.
+    async fn expired_requests(&self, now: DateTime<Utc>) -> Result<Vec<Request>, BackendError>;
     async fn set_thread(&self, id: &RequestId, thread: &ThreadRef) -> Result<(), BackendError>;
     async fn thread(&self, id: &RequestId) -> Result<Option<ThreadRef>, BackendError>;
     /// True for the first caller of `key` within `ttl`; false for every repeat.

@@ -116,6 +116,33 @@ async fn check(store: &dyn Store) {
         Some(request.clone())
     );
     assert_eq!(store.pending_requests().await.unwrap().len(), 1);
+    // Only a pending request whose time is up is expired, the one due first first.
+    let mut sooner = sample_request("UEXPIRY");
+    sooner.expires_at = request.expires_at - chrono::Duration::seconds(10);
+    store.create_request(&sooner, &[]).await.unwrap();
+    let expired_ids = |at| async move {
+        let expired = store.expired_requests(at).await.unwrap();
+        expired
+            .into_iter()
+            .map(|request| request.id)
+            .collect::<Vec<_>>()
+    };
+    assert!(expired_ids(Utc::now()).await.is_empty());
+    assert_eq!(
+        expired_ids(sooner.expires_at).await,
+        vec![sooner.id.clone()]
+    );
+    assert_eq!(
+        expired_ids(request.expires_at).await,
+        vec![sooner.id.clone(), request.id.clone()]
+    );
+    let mut sooner_approved = sooner.clone();
+    sooner_approved.status = Status::Approved;
+    assert!(store.update_request(&sooner_approved, &[]).await.unwrap());
+    assert_eq!(
+        expired_ids(request.expires_at).await,
+        vec![request.id.clone()]
+    );
     assert_eq!(
         store
             .requests_by("slack:UCONTRACT", 10)
