@@ -178,8 +178,9 @@ impl Store for SqliteStore {
             .run(move |conn| {
                 let rows = conn
                     .prepare_cached(
-                        "SELECT body FROM requests WHERE status = 'pending' AND expires_at <= ?1
-                         ORDER BY expires_at",
+                        // Without statistics SQLite would rather walk every pending request.
+                        "SELECT body FROM requests INDEXED BY requests_pending_by_expiry
+                         WHERE status = 'pending' AND expires_at <= ?1 ORDER BY expires_at",
                     )?
                     .query_map([now], |row| row.get(0))?
                     .collect::<Result<Vec<String>, _>>()?;
