@@ -90,8 +90,9 @@ const MAX_BATCH: usize = 256;
 /// Lookups of one row by its key skip the queue (see [`Database::read`]).
 #[derive(Clone)]
 pub struct Database {
-    queue: mpsc::Sender<Box<dyn Job>>,
+    // Declared first, so the readers close before the database thread winds up.
     readers: Arc<Readers>,
+    queue: mpsc::Sender<Box<dyn Job>>,
 }
 
 /// Read-only connections to the same file, lent to one caller at a time.
@@ -119,6 +120,11 @@ impl Readers {
     }
 
     fn give_back(&self, reader: Connection) {
+        // One left inside a transaction would hold its snapshot, and no checkpoint
+        // could copy the log past it.
+        if !reader.is_autocommit() {
+            return;
+        }
         let mut idle = self
             .idle
             .lock()
@@ -201,7 +207,7 @@ impl Database {
             path: path.to_path_buf(),
             idle: Mutex::new(Vec::new()),
         });
-        Ok(Database { queue, readers })
+        Ok(Database { readers, queue })
     }
 
     /// Runs `work` in the next transaction; when this returns, its writes are
@@ -323,6 +329,8 @@ fn lock_for_this_process(path: &Path) -> Result<std::fs::File, BackendError> {
 /// Least time between two background checkpoints: under a steady load one
 /// runs this often, not after every commit.
 const CHECKPOINT_GAP: Duration = Duration::from_millis(10);
+/// How soon a checkpoint that left part of the log behind is tried again.
+const CHECKPOINT_RETRY: Duration = Duration::from_secs(1);
 /// The writer checkpoints by itself only past this many pages of log (4 MB,
 /// SQLite's default), as under a sustained load the log grows while the
 /// background thread copies it, and is started afresh only when it has caught up.
@@ -336,17 +344,33 @@ fn checkpoint_in_background(
 ) -> Result<std::thread::JoinHandle<()>, BackendError> {
     std::thread::Builder::new()
         .name("sqlite-checkpoint".into())
-        .spawn(move || loop {
-            let stopping = commits.recv().is_err();
-            if let Err(error) =
-                connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-            {
-                tracing::warn!(%error, "sqlite: a checkpoint failed; the next one tries again");
+        .spawn(move || {
+            let mut behind = false;
+            loop {
+                // A checkpoint that could not copy the whole log (a reader was on it) is
+                // tried again after a while, commits or not.
+                let stopping = if behind {
+                    matches!(
+                        commits.recv_timeout(CHECKPOINT_RETRY),
+                        Err(mpsc::RecvTimeoutError::Disconnected)
+                    )
+                } else {
+                    commits.recv().is_err()
+                };
+                behind = match connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+                    Ok((row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))
+                }) {
+                    Ok((in_log, copied)) => copied < in_log,
+                    Err(error) => {
+                        tracing::warn!(%error, "sqlite: a checkpoint failed; it is tried again");
+                        true
+                    }
+                };
+                if stopping {
+                    return;
+                }
+                std::thread::sleep(CHECKPOINT_GAP);
             }
-            if stopping {
-                return;
-            }
-            std::thread::sleep(CHECKPOINT_GAP);
         })
         .map_err(|error| BackendError::Unavailable(format!("sqlite checkpoint thread: {error}")))
 }
@@ -430,16 +454,18 @@ fn migrate(connection: &Connection) -> Result<(), BackendError> {
         .prepare("SELECT 1 FROM pragma_table_info('requests') WHERE name = 'expires_at'")?
         .exists([])?;
     if !has_expiry {
-        connection.execute_batch(
-            "ALTER TABLE requests ADD COLUMN expires_at INTEGER;
-             UPDATE requests SET expires_at = CAST(round(
-                 (julianday(json_extract(body, '$.expiresAt')) - 2440587.5) * 86400000) AS INTEGER);",
-        )?;
+        connection.execute_batch("ALTER TABLE requests ADD COLUMN expires_at INTEGER;")?;
     }
     // The expiry sweep reads only the requests whose time is up, not every pending one.
+    // Pending requests without an expiry (stored by an earlier version, or by one run
+    // again later) take it from their body; cheap when there are none.
     connection.execute_batch(
         "CREATE INDEX IF NOT EXISTS requests_pending_by_expiry ON requests (expires_at)
-         WHERE status = 'pending';",
+         WHERE status = 'pending';
+         UPDATE requests INDEXED BY requests_pending_by_expiry
+         SET expires_at = CAST(
+             (julianday(json_extract(body, '$.expiresAt')) - 2440587.5) * 86400000 AS INTEGER)
+         WHERE status = 'pending' AND expires_at IS NULL;",
     )?;
     Ok(())
 }

@@ -224,9 +224,14 @@ fn buttons(actions: Option<&Value>) -> Vec<Value> {
                     button["value"] = json!(shorten(&data.to_string(), BUTTON_VALUE_MAX));
                 }
                 Some("Action.OpenUrl") => {
-                    let url = text_of(action, "url");
+                    // Slack refuses a whole message for a link it cannot parse; written out
+                    // again, spaces and other characters a URL may not hold are escaped.
+                    let Ok(url) = url::Url::parse(&text_of(action, "url")) else {
+                        return None;
+                    };
+                    let url = url.to_string();
                     // A shortened URL would lead somewhere else.
-                    if url.is_empty() || slack_len(&url) > URL_MAX {
+                    if slack_len(&url) > URL_MAX {
                         return None;
                     }
                     button["action_id"] = json!(format!("open_{index}"));
@@ -347,12 +352,18 @@ mod tests {
         let card = json!({"actions": [
             {"type": "Action.Submit", "title": "Go", "data": {"verb": ""}},
             {"type": "Action.Submit", "title": " ", "data": {"verb": "approve"}},
-            {"type": "Action.OpenUrl", "title": "Far", "url": format!("https://example.com/{}", "a".repeat(URL_MAX))}
+            {"type": "Action.OpenUrl", "title": "Far", "url": format!("https://example.com/{}", "a".repeat(URL_MAX))},
+            {"type": "Action.OpenUrl", "title": "Nowhere", "url": "not a link"},
+            {"type": "Action.OpenUrl", "title": "Logs", "url": "https://logs.example.com/stack name/é"}
         ]});
         let blocks = to_blocks(&card);
         let buttons = blocks[0]["elements"].as_array().unwrap();
-        assert_eq!(buttons.len(), 1, "{buttons:?}");
+        assert_eq!(buttons.len(), 2, "{buttons:?}");
         assert_eq!(buttons[0]["action_id"], "action_0");
+        assert_eq!(
+            buttons[1]["url"],
+            "https://logs.example.com/stack%20name/%C3%A9"
+        );
     }
 
     #[test]
