@@ -52,6 +52,29 @@ fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
+impl SqliteStore {
+    /// The requests whose bodies `sql` selects, in its order.
+    async fn requests_found<P>(
+        &self,
+        sql: &'static str,
+        values: P,
+    ) -> Result<Vec<Request>, BackendError>
+    where
+        P: rusqlite::Params + Send + 'static,
+    {
+        let rows = self
+            .db
+            .run(move |conn| {
+                Ok(conn
+                    .prepare_cached(sql)?
+                    .query_map(values, |row| row.get(0))?
+                    .collect::<Result<Vec<String>, _>>()?)
+            })
+            .await?;
+        decode_requests(rows)
+    }
+}
+
 fn decode_requests(rows: Vec<String>) -> Result<Vec<Request>, BackendError> {
     rows.iter()
         .map(|body| serde_json::from_str(body).map_err(BackendError::from))
@@ -139,55 +162,29 @@ impl Store for SqliteStore {
         identity: &str,
         limit: usize,
     ) -> Result<Vec<Request>, BackendError> {
-        let identity = identity.to_string();
-        let rows = self
-            .db
-            .run(move |conn| {
-                let rows = conn
-                    .prepare_cached(
-                        "SELECT body FROM requests WHERE requester = ?1 ORDER BY created_at DESC LIMIT ?2",
-                    )?
-                    .query_map(params![identity, limit as i64], |row| row.get(0))?
-                    .collect::<Result<Vec<String>, _>>()?;
-                Ok(rows)
-            })
-            .await?;
-        decode_requests(rows)
+        self.requests_found(
+            "SELECT body FROM requests WHERE requester = ?1 ORDER BY created_at DESC LIMIT ?2",
+            (identity.to_string(), limit as i64),
+        )
+        .await
     }
 
     async fn pending_requests(&self) -> Result<Vec<Request>, BackendError> {
-        let rows = self
-            .db
-            .run(|conn| {
-                let rows = conn
-                    .prepare_cached(
-                        "SELECT body FROM requests WHERE status = ?1 ORDER BY created_at",
-                    )?
-                    .query_map([Status::Pending.as_str()], |row| row.get(0))?
-                    .collect::<Result<Vec<String>, _>>()?;
-                Ok(rows)
-            })
-            .await?;
-        decode_requests(rows)
+        self.requests_found(
+            "SELECT body FROM requests WHERE status = ?1 ORDER BY created_at",
+            (Status::Pending.as_str(),),
+        )
+        .await
     }
 
     async fn expired_requests(&self, now: DateTime<Utc>) -> Result<Vec<Request>, BackendError> {
-        let now = now.timestamp_millis();
-        let rows = self
-            .db
-            .run(move |conn| {
-                let rows = conn
-                    .prepare_cached(
-                        // Without statistics SQLite would rather walk every pending request.
-                        "SELECT body FROM requests INDEXED BY requests_pending_by_expiry
-                         WHERE status = 'pending' AND expires_at <= ?1 ORDER BY expires_at",
-                    )?
-                    .query_map([now], |row| row.get(0))?
-                    .collect::<Result<Vec<String>, _>>()?;
-                Ok(rows)
-            })
-            .await?;
-        decode_requests(rows)
+        self.requests_found(
+            // Without statistics SQLite would rather walk every pending request.
+            "SELECT body FROM requests INDEXED BY requests_pending_by_expiry
+             WHERE status = 'pending' AND expires_at <= ?1 ORDER BY expires_at",
+            (now.timestamp_millis(),),
+        )
+        .await
     }
 
     async fn set_thread(&self, id: &RequestId, thread: &ThreadRef) -> Result<(), BackendError> {
