@@ -212,7 +212,7 @@ impl EventBus for EmbeddedBus {
                     .execute(params![id, now_millis()])?
                     == 1;
                 if first_time {
-                    for target in targets {
+                    for target in &targets {
                         conn.prepare_cached(
                             "INSERT INTO bus_deliveries (target, sealed_envelope, next_at) VALUES (?1, ?2, ?3)",
                         )?

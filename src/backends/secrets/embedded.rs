@@ -26,7 +26,7 @@ impl LocalVault {
         let sealed: Option<String> = self.db.run_blocking(move |conn| {
             Ok(conn
                 .prepare_cached("SELECT sealed_value FROM vault WHERE name = ?1")?
-                .query_row([name], |row| row.get(0))
+                .query_row([&name], |row| row.get(0))
                 .optional()?)
         })?;
         sealed

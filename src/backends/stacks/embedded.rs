@@ -19,7 +19,7 @@ impl LocalStacks {
     pub fn new(db: Database, stacks: &[String]) -> Result<Self, BackendError> {
         let stacks = stacks.to_vec();
         db.run_blocking(move |conn| {
-            for name in stacks {
+            for name in &stacks {
                 conn.prepare_cached(
                     "INSERT OR IGNORE INTO stacks (name, status, parameters, updated_at) VALUES (?1, 'CREATE_COMPLETE', '{}', ?2)",
                 )?
@@ -77,7 +77,7 @@ impl StacksBackend for LocalStacks {
                 let mut merged: BTreeMap<String, String> =
                     serde_json::from_str(&stored_parameters)?;
                 let before = merged.clone();
-                merged.extend(parameters);
+                merged.extend(parameters.clone());
                 if merged == before {
                     return Ok(StackUpdate {
                         action: "no_changes",

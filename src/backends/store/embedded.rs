@@ -60,14 +60,14 @@ impl SqliteStore {
         values: P,
     ) -> Result<Vec<Request>, BackendError>
     where
-        P: rusqlite::Params + Send + 'static,
+        P: rusqlite::Params + Clone + Send + 'static,
     {
         let rows = self
             .db
             .run(move |conn| {
                 Ok(conn
                     .prepare_cached(sql)?
-                    .query_map(values, |row| row.get(0))?
+                    .query_map(values.clone(), |row| row.get(0))?
                     .collect::<Result<Vec<String>, _>>()?)
             })
             .await?;
@@ -254,7 +254,7 @@ impl Store for SqliteStore {
                     conn.prepare_cached(
                         "SELECT started_at, completion FROM executions WHERE request_id = ?1",
                     )?
-                    .query_row([request_id], |row| Ok((row.get(0)?, row.get(1)?)))?,
+                    .query_row([&request_id], |row| Ok((row.get(0)?, row.get(1)?)))?,
                 ))
             })
             .await?;
