@@ -6,6 +6,12 @@ use clap::{Parser, Subcommand};
 use devops_bot::config::Config;
 use devops_bot::Application;
 
+// Every request allocates on one worker and frees on another (or on the SQLite thread);
+// mimalloc costs a sixth less CPU per stored command than the system allocator. Without
+// transparent huge pages, as they lifted the idle RSS from 16 to 27 MiB.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "devops-bot",
