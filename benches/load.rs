@@ -137,6 +137,35 @@ impl Service {
         };
         (kib("VmRSS:") / 1024.0, kib("VmHWM:") / 1024.0)
     }
+
+    /// CPU time the service has used so far, all its threads together: unlike
+    /// answers per second, the cost of an answer hardly moves when the shared
+    /// machine is busier.
+    fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
+            .expect("read /proc/<pid>/stat");
+        // The fields after the command name, whose parentheses may hold anything:
+        // user time and system time are the 12th and 13th, in ticks of 1/100 s.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map_or("", |(_, rest)| rest)
+            .split_whitespace()
+            .collect();
+        let ticks = |index: usize| -> u64 {
+            fields
+                .get(index)
+                .and_then(|field| field.parse().ok())
+                .unwrap_or(0)
+        };
+        Duration::from_millis((ticks(11) + ticks(12)) * 10)
+    }
+
+    /// Runs `load` and also answers how much of the service's CPU time it took.
+    fn measure<T>(&self, load: impl FnOnce() -> T) -> (T, Duration) {
+        let before = self.cpu_time();
+        let measured = load();
+        (measured, self.cpu_time().saturating_sub(before))
+    }
 }
 
 /// Sends one request on a kept-alive connection and reads the whole response
@@ -365,9 +394,14 @@ fn ms(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
 }
 
-fn row(label: &str, measured: &Measured) {
+/// One line of the table; `cpu` is the service's CPU time during the run,
+/// shown per answer (none for a run that shared its time with another).
+fn row(label: &str, measured: &Measured, cpu: Option<(Duration, usize)>) {
+    let cpu_per_answer = cpu.map_or("shared".to_string(), |(cpu, answers)| {
+        format!("{:.1}", cpu.as_secs_f64() * 1e6 / answers.max(1) as f64)
+    });
     println!(
-        "| {label:<34} | {:>7} | {:>9.0} | {:>7.2} | {:>7.2} | {:>8.2} | {:>5} |",
+        "| {label:<34} | {:>7} | {:>9.0} | {:>7.2} | {:>7.2} | {:>8.2} | {cpu_per_answer:>10} | {:>5} |",
         measured.answered,
         measured.answered as f64 / measured.elapsed.as_secs_f64(),
         ms(measured.at(0.50)),
@@ -464,12 +498,12 @@ async fn bench(args: Args) {
         std::thread::available_parallelism().map_or(0, usize::from),
     );
     println!(
-        "| {:<34} | {:>7} | {:>9} | {:>7} | {:>7} | {:>8} | {:>5} |",
-        "run", "answers", "answers/s", "p50 ms", "p99 ms", "max ms", "wrong"
+        "| {:<34} | {:>7} | {:>9} | {:>7} | {:>7} | {:>8} | {:>10} | {:>5} |",
+        "run", "answers", "answers/s", "p50 ms", "p99 ms", "max ms", "CPU µs/ans", "wrong"
     );
     println!(
-        "|{:-<36}|{:-<9}|{:-<11}|{:-<9}|{:-<9}|{:-<10}|{:-<7}|",
-        "", "", "", "", "", "", ""
+        "|{:-<36}|{:-<9}|{:-<11}|{:-<9}|{:-<9}|{:-<10}|{:-<12}|{:-<7}|",
+        "", "", "", "", "", "", "", ""
     );
 
     let help = signed_post(
@@ -481,18 +515,24 @@ async fn bench(args: Args) {
         let help = help.clone();
         Arc::new(move |_| help.clone())
     };
-    let measured = load(u64::MAX, 200, false, help_request.clone()).run(port);
-    row("/devops help", &measured);
+    let (measured, cpu) =
+        service.measure(|| load(u64::MAX, 200, false, help_request.clone()).run(port));
+    row("/devops help", &measured, Some((cpu, measured.answered)));
 
     let prod_deploy = signed_post(
         "/slack/commands",
         SIGNING_SECRET,
         &slash_command("UREQUESTER", &format!("deploy {STACK} --stage prod")),
     );
-    let deploys = load(u64::MAX, 200, true, Arc::new(move |_| prod_deploy.clone())).run(port);
-    row("/devops deploy --stage prod", &deploys);
+    let (deploys, cpu) = service
+        .measure(|| load(u64::MAX, 200, true, Arc::new(move |_| prod_deploy.clone())).run(port));
+    row(
+        "/devops deploy --stage prod",
+        &deploys,
+        Some((cpu, deploys.answered)),
+    );
     // Each run measures its own load: the outbox finishes the last one's cards first.
-    let deploy_drain = wait_until_idle(&slack).await;
+    let (deploy_drain, deploy_drain_cpu) = drained(&service, &slack).await;
 
     let pending: Arc<Vec<String>> = Arc::new(
         deploys
@@ -516,9 +556,9 @@ async fn bench(args: Args) {
             }),
         )
     };
-    let clicks = clicks.run(port);
-    row("Approve click", &clicks);
-    let click_drain = wait_until_idle(&slack).await;
+    let (clicks, cpu) = service.measure(|| clicks.run(port));
+    row("Approve click", &clicks, Some((cpu, clicks.answered)));
+    let (click_drain, click_drain_cpu) = drained(&service, &slack).await;
 
     let forged = signed_post(
         "/slack/commands",
@@ -530,9 +570,14 @@ async fn bench(args: Args) {
         connections: (args.connections / 4).max(1),
         ..load(u64::MAX, 200, false, help_request)
     };
-    let measured = Load::run_together(vec![flood, genuine], port);
-    row("forged flood (refused, 401)", &measured[0]);
-    row("  genuine /devops help meanwhile", &measured[1]);
+    let (measured, cpu) = service.measure(|| Load::run_together(vec![flood, genuine], port));
+    let answers = measured[0].answered + measured[1].answered;
+    row(
+        "forged flood (refused, 401)",
+        &measured[0],
+        Some((cpu, answers)),
+    );
+    row("  genuine /devops help meanwhile", &measured[1], None);
 
     let (_, peak_rss) = service.rss_mib();
     slack.forget_calls();
@@ -549,14 +594,27 @@ async fn bench(args: Args) {
         "| start-up to ready {:.1} ms | idle RSS {idle_rss:.1} MiB | peak RSS {peak_rss:.1} MiB |",
         ms(ready_in)
     );
+    let per_answer =
+        |cpu: Duration, answers: usize| cpu.as_secs_f64() * 1e6 / answers.max(1) as f64;
     println!(
-        "\n{} requests acknowledged, then their cards posted within {:.1} s of the run's end; \
-         {} of them approved under load, then published, executed, replied and updated within {:.1} s.",
+        "\n{} requests acknowledged, then their cards posted within {:.1} s of the run's end \
+         ({:.0} µs of bot CPU per request after the run); {} of them approved under load, then \
+         published, executed, replied and updated within {:.1} s ({:.0} µs per click after the run).",
         pending.len(),
         deploy_drain.as_secs_f64(),
+        per_answer(deploy_drain_cpu, pending.len()),
         clicks.answered,
         click_drain.as_secs_f64(),
+        per_answer(click_drain_cpu, clicks.answered),
     );
+}
+
+/// Waits for the outbox to finish the last run's work: how long that took
+/// after the run, and the bot's CPU time for it.
+async fn drained(service: &Service, slack: &FakeSlack) -> (Duration, Duration) {
+    let before = service.cpu_time();
+    let drain = wait_until_idle(slack).await;
+    (drain, service.cpu_time().saturating_sub(before))
 }
 
 /// Waits until the outbox has drained the last run's cards and replies (no

@@ -56,9 +56,19 @@ pub struct Delivery {
     pub metrics: Arc<Metrics>,
 }
 
+/// What an effect carried out leaves to be written down with it.
+enum Done {
+    Nothing,
+    /// The request's card was posted, opening `thread`.
+    CardPosted {
+        request_id: RequestId,
+        thread: ThreadRef,
+    },
+}
+
 /// How an attempt at an effect ended, to be written down.
 enum Settled {
-    Done,
+    Done(Done),
     Retry {
         at: chrono::DateTime<Utc>,
         reason: String,
@@ -274,9 +284,9 @@ impl Delivery {
             }
         };
         let settled = match performed {
-            Ok(()) => {
+            Ok(done) => {
                 self.metrics.effect(kind, "done");
-                Settled::Done
+                Settled::Done(done)
             }
             Err(Failed::Retry {
                 after,
@@ -308,7 +318,10 @@ impl Delivery {
         let mut wait = RECORD_RETRY_FIRST;
         loop {
             let recorded = match settled {
-                Settled::Done => self.store.effect_done(&queued.id).await,
+                Settled::Done(Done::Nothing) => self.store.effect_done(&queued.id).await,
+                Settled::Done(Done::CardPosted { request_id, thread }) => {
+                    self.store.card_posted(&queued.id, request_id, thread).await
+                }
                 Settled::Retry {
                     at,
                     reason,
@@ -422,15 +435,15 @@ impl Delivery {
         })
     }
 
-    async fn perform(&self, queued: &QueuedEffect) -> Result<(), Failed> {
+    async fn perform(&self, queued: &QueuedEffect) -> Result<Done, Failed> {
         let attempts = queued.attempts;
         match &queued.effect {
             Effect::Publish { request_id } => {
                 let Some(request) = self.request(request_id).await? else {
-                    return Ok(());
+                    return Ok(Done::Nothing);
                 };
                 if request.status != Status::Approved {
-                    return Ok(());
+                    return Ok(Done::Nothing);
                 }
                 let detail = self
                     .requests
@@ -453,11 +466,11 @@ impl Delivery {
                     self.tell_bus_back(request_id).await;
                 }
                 self.requests.mark_published(request).await?;
-                Ok(())
+                Ok(Done::Nothing)
             }
             Effect::PostCard { request_id } | Effect::UpdateCard { request_id } => {
                 let Some(request) = self.request(request_id).await? else {
-                    return Ok(());
+                    return Ok(Done::Nothing);
                 };
                 let platform = self.platform(&request.origin.platform)?;
                 let message = self.card_message(&request)?;
@@ -466,6 +479,7 @@ impl Delivery {
                     (Some(thread), _) => platform
                         .update(&thread.channel, &thread.ts, &message)
                         .await
+                        .map(|()| Done::Nothing)
                         .map_err(|error| chat_failure(error, attempts)),
                     (None, Effect::PostCard { .. }) => {
                         let message = message.keyed(format!("card:{request_id}"));
@@ -482,7 +496,10 @@ impl Delivery {
                             channel: request.origin.channel.clone(),
                             ts,
                         };
-                        Ok(self.store.set_thread(request_id, &thread).await?)
+                        Ok(Done::CardPosted {
+                            request_id: request_id.clone(),
+                            thread,
+                        })
                     }
                     (None, _) => Err(Self::card_not_posted(attempts)),
                 }
@@ -492,7 +509,7 @@ impl Delivery {
                 let Some(thread) = self.store.thread(request_id).await? else {
                     return match self.request(request_id).await? {
                         Some(_) => Err(Self::card_not_posted(attempts)),
-                        None => Ok(()),
+                        None => Ok(Done::Nothing),
                     };
                 };
                 let platform = self.platform(&thread.platform)?;
@@ -506,7 +523,7 @@ impl Delivery {
                     queued,
                 )
                 .await
-                .map(|_| ())
+                .map(|_| Done::Nothing)
             }
             Effect::Ephemeral {
                 platform,
@@ -517,6 +534,7 @@ impl Delivery {
                 .platform(platform)?
                 .ephemeral(channel, user, text)
                 .await
+                .map(|()| Done::Nothing)
                 .map_err(|error| chat_failure(error, attempts)),
         }
     }

@@ -1,6 +1,5 @@
 //! `/devops …` slash commands.
 
-use std::collections::HashMap;
 use std::future::Future;
 
 use axum::extract::State;
@@ -77,24 +76,87 @@ pub fn tell_later(state: &SlackState, response_url: &str) -> impl Fn(String) + S
     }
 }
 
-pub async fn handle(
-    State(state): State<SlackState>,
-    Form(form): Form<HashMap<String, String>>,
-) -> Response {
-    let field = |name: &str| form.get(name).map(String::as_str).unwrap_or_default();
-    let who = person(field("team_id"), field("user_id"), field("user_name"));
-    if who.user_id.is_empty() || field("channel_id").is_empty() {
+/// The fields of a slash command the bot reads, out of the dozen and more Slack
+/// sends; a missing one is empty. Read as a map would: a field sent twice counts
+/// with its last value, and the others are skipped without being copied.
+#[derive(Default)]
+pub struct SlashCommand {
+    team_id: String,
+    user_id: String,
+    user_name: String,
+    channel_id: String,
+    text: String,
+    response_url: String,
+    trigger_id: String,
+}
+
+impl<'de> serde::Deserialize<'de> for SlashCommand {
+    fn deserialize<D: serde::Deserializer<'de>>(form: D) -> Result<Self, D::Error> {
+        struct Fields;
+        impl<'de> serde::de::Visitor<'de> for Fields {
+            type Value = SlashCommand;
+
+            fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+                formatter.write_str("a slash command's form fields")
+            }
+
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                mut fields: M,
+            ) -> Result<SlashCommand, M::Error> {
+                let mut command = SlashCommand::default();
+                while let Some(field) = fields.next_key()? {
+                    let slot = match field {
+                        Field::TeamId => &mut command.team_id,
+                        Field::UserId => &mut command.user_id,
+                        Field::UserName => &mut command.user_name,
+                        Field::ChannelId => &mut command.channel_id,
+                        Field::Text => &mut command.text,
+                        Field::ResponseUrl => &mut command.response_url,
+                        Field::TriggerId => &mut command.trigger_id,
+                        Field::Other => {
+                            fields.next_value::<serde::de::IgnoredAny>()?;
+                            continue;
+                        }
+                    };
+                    *slot = fields.next_value()?;
+                }
+                Ok(command)
+            }
+        }
+        form.deserialize_map(Fields)
+    }
+}
+
+/// A form field's name, if it is one the bot reads; recognised without being copied.
+#[derive(serde::Deserialize)]
+#[serde(field_identifier, rename_all = "snake_case")]
+enum Field {
+    TeamId,
+    UserId,
+    UserName,
+    ChannelId,
+    Text,
+    ResponseUrl,
+    TriggerId,
+    #[serde(other)]
+    Other,
+}
+
+pub async fn handle(State(state): State<SlackState>, Form(form): Form<SlashCommand>) -> Response {
+    let who = person(&form.team_id, &form.user_id, &form.user_name);
+    if who.user_id.is_empty() || form.channel_id.is_empty() {
         return ephemeral("This request is missing its user or channel; nothing was done.");
     }
     let origin = Origin {
         platform: "slack".into(),
-        channel: field("channel_id").to_string(),
+        channel: form.channel_id.clone(),
     };
-    let command = match Command::parse(field("text")) {
+    let command = match Command::parse(&form.text) {
         Ok(command) => command,
         Err(error) => return ephemeral(format!("⚠️ {error}")),
     };
-    let response_url = field("response_url").to_string();
+    let response_url = form.response_url.clone();
     match command {
         Command::Help => ephemeral(Command::help()),
         Command::Deploy { stack, stage } => {
@@ -136,7 +198,7 @@ pub async fn handle(
                 channel: origin.channel,
             };
             let view = secret_modal(&metadata);
-            let trigger_id = field("trigger_id").to_string();
+            let trigger_id = form.trigger_id.clone();
             // trigger_id is valid for 3 s: open the modal right after acknowledging.
             tokio::spawn(async move {
                 if let Err(error) = client.open_modal(&trigger_id, view).await {
@@ -245,4 +307,38 @@ fn secret_modal(form: &PutSecretForm) -> Value {
              "element": {"type": "plain_text_input", "action_id": SECRET_INPUT}}
         ]
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SlashCommand;
+
+    #[test]
+    fn a_slash_command_form_is_read_as_a_map_would_be() {
+        let form: SlashCommand = serde_urlencoded::from_str(
+            "token=x&team_id=T1&user_id=U1&user_name=ann&user_id=U2&channel_id=C1\
+             &text=deploy+web%20--stage%3Dprod&api_app_id=A1&response_url=https%3A%2F%2Fhooks",
+        )
+        .unwrap();
+        assert_eq!(
+            [
+                form.team_id,
+                form.user_id,
+                form.user_name,
+                form.channel_id,
+                form.text,
+                form.response_url,
+                form.trigger_id,
+            ],
+            [
+                "T1",
+                "U2",
+                "ann",
+                "C1",
+                "deploy web --stage=prod",
+                "https://hooks",
+                ""
+            ]
+        );
+    }
 }

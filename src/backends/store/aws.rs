@@ -20,8 +20,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement,
-    KeyType, Projection, ProjectionType, Put, ScalarAttributeType, TableStatus,
+    AttributeDefinition, AttributeValue, BillingMode, ConditionCheck, Delete, GlobalSecondaryIndex,
+    KeySchemaElement, KeyType, Projection, ProjectionType, Put, ScalarAttributeType, TableStatus,
     TimeToLiveSpecification, TransactWriteItem,
 };
 use aws_sdk_dynamodb::Client;
@@ -185,6 +185,15 @@ impl DynamoStore {
             .build()
             .map_err(build_error)?;
         Ok(TransactWriteItem::builder().put(put).build())
+    }
+
+    fn delete(&self, key: Item) -> Result<TransactWriteItem, BackendError> {
+        let delete = Delete::builder()
+            .table_name(&self.table)
+            .set_key(Some(key))
+            .build()
+            .map_err(build_error)?;
+        Ok(TransactWriteItem::builder().delete(delete).build())
     }
 
     fn effect_puts(&self, effects: &[Effect]) -> Result<Vec<TransactWriteItem>, BackendError> {
@@ -542,18 +551,35 @@ impl Store for DynamoStore {
         Ok(expired)
     }
 
-    async fn set_thread(&self, id: &RequestId, thread: &ThreadRef) -> Result<(), BackendError> {
+    async fn card_posted(
+        &self,
+        effect: &EffectId,
+        id: &RequestId,
+        thread: &ThreadRef,
+    ) -> Result<(), BackendError> {
+        let (_, effect) = effect_key(effect)?;
+        let request_stored = ConditionCheck::builder()
+            .table_name(&self.table)
+            .set_key(Some(request_key(id)))
+            .condition_expression("attribute_exists(PK)")
+            .build()
+            .map_err(build_error)?;
         let mut item = key(format!("REQ#{id}"), "THREAD");
         item.insert("platform".into(), s(&thread.platform));
         item.insert("channel".into(), s(&thread.channel));
         item.insert("ts".into(), s(&thread.ts));
-        self.client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .send()
-            .await
-            .map_err(|e| classify("DynamoDB PutItem", e))?;
+        let written = self
+            .transact(vec![
+                TransactWriteItem::builder()
+                    .condition_check(request_stored)
+                    .build(),
+                self.put(item, None, None)?,
+                self.delete(effect)?,
+            ])
+            .await?;
+        if !written {
+            return Err(BackendError::Refused(format!("request {id} was not found")));
+        }
         Ok(())
     }
 
@@ -796,16 +822,8 @@ impl Store for DynamoStore {
         item.insert("PK".into(), s(format!("DEAD#{lane}")));
         item.insert("last_error".into(), s(error));
         item.insert("died_at".into(), s(sortable(Utc::now())));
-        let delete = aws_sdk_dynamodb::types::Delete::builder()
-            .table_name(&self.table)
-            .set_key(Some(key))
-            .build()
-            .map_err(build_error)?;
-        self.transact(vec![
-            TransactWriteItem::builder().delete(delete).build(),
-            self.put(item, None, None)?,
-        ])
-        .await?;
+        self.transact(vec![self.delete(key)?, self.put(item, None, None)?])
+            .await?;
         Ok(())
     }
 

@@ -1,6 +1,6 @@
 //! The store on SQLite. Conditional writes are `UPDATE … WHERE version = ?`
-//! in the same piece of database work (one savepoint) that appends the
-//! effects; concurrent calls share a transaction (see `Database`).
+//! in the same piece of database work that appends the effects, undone
+//! together if it fails; concurrent calls share a transaction (see `Database`).
 
 use std::time::Duration;
 
@@ -33,12 +33,27 @@ impl SqliteStore {
     }
 }
 
+/// Appends `effects` to their lanes; a request's lanes are filed under when it was created.
 fn append_effects(tx: &Connection, effects: &[Effect]) -> Result<(), BackendError> {
     let now = now_millis();
     for effect in effects {
-        tx.prepare_cached("INSERT INTO outbox (lane, payload, next_at) VALUES (?1, ?2, ?3)")?
-            .execute(params![effect.lane(), serde_json::to_string(effect)?, now])?;
+        tx.prepare_cached(
+            "INSERT INTO outbox (lane, lane_since, payload, next_at) VALUES
+             (?1, COALESCE((SELECT created_at FROM requests WHERE id = ?2), ''), ?3, ?4)",
+        )?
+        .execute(params![
+            effect.lane(),
+            effect.request_id().map(RequestId::to_string),
+            serde_json::to_string(effect)?,
+            now
+        ])?;
     }
+    Ok(())
+}
+
+fn delete_effect(conn: &Connection, seq: i64) -> Result<(), BackendError> {
+    conn.prepare_cached("DELETE FROM outbox WHERE seq = ?1")?
+        .execute([seq])?;
     Ok(())
 }
 
@@ -187,16 +202,37 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn set_thread(&self, id: &RequestId, thread: &ThreadRef) -> Result<(), BackendError> {
-        let (id, thread) = (id.to_string(), thread.clone());
-        self.db.execute("INSERT OR REPLACE INTO threads (request_id, platform, channel, ts) VALUES (?1, ?2, ?3, ?4)", (id, thread.platform, thread.channel, thread.ts)).await.map(|_| ())
+    async fn card_posted(
+        &self,
+        effect: &EffectId,
+        id: &RequestId,
+        thread: &ThreadRef,
+    ) -> Result<(), BackendError> {
+        let (seq, id, thread) = (seq(effect)?, id.to_string(), thread.clone());
+        self.db
+            .run(move |conn| {
+                let stored = conn
+                    .prepare_cached(
+                        "INSERT OR REPLACE INTO request_threads (request_created_at, request_id, platform, channel, ts)
+                         SELECT created_at, id, ?2, ?3, ?4 FROM requests WHERE id = ?1",
+                    )?
+                    .execute(params![id, thread.platform, thread.channel, thread.ts])?;
+                if stored == 0 {
+                    return Err(BackendError::Refused(format!("request {id} was not found")));
+                }
+                delete_effect(conn, seq)
+            })
+            .await
     }
 
     async fn thread(&self, id: &RequestId) -> Result<Option<ThreadRef>, BackendError> {
         let id = id.to_string();
         self.db.read(|conn| {
             Ok(conn
-                .prepare_cached("SELECT platform, channel, ts FROM threads WHERE request_id = ?1")?
+                .prepare_cached(
+                    "SELECT t.platform, t.channel, t.ts FROM requests AS r JOIN request_threads AS t
+                     ON t.request_created_at = r.created_at AND t.request_id = r.id WHERE r.id = ?1",
+                )?
                 .query_row([id], |row| {
                     Ok(ThreadRef {
                         platform: row.get(0)?,
@@ -311,7 +347,8 @@ impl Store for SqliteStore {
                     .prepare_cached(
                         "SELECT seq, payload, attempts, claimed FROM outbox AS o
                          WHERE dead = 0 AND next_at <= ?1
-                           AND seq = (SELECT MIN(seq) FROM outbox WHERE lane = o.lane AND dead = 0)
+                           AND seq = (SELECT MIN(seq) FROM outbox
+                                      WHERE lane_since = o.lane_since AND lane = o.lane AND dead = 0)
                          ORDER BY next_at, seq LIMIT ?2",
                     )?
                     .query_map(params![now.timestamp_millis(), limit as i64], |row| {
@@ -355,10 +392,7 @@ impl Store for SqliteStore {
 
     async fn effect_done(&self, id: &EffectId) -> Result<(), BackendError> {
         let seq = seq(id)?;
-        self.db
-            .execute("DELETE FROM outbox WHERE seq = ?1", (seq,))
-            .await
-            .map(|_| ())
+        self.db.run(move |conn| delete_effect(conn, seq)).await
     }
 
     async fn effect_retry(

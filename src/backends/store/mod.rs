@@ -38,6 +38,17 @@ pub enum Effect {
 }
 
 impl Effect {
+    /// The request whose state this effect carries out, if it is about one.
+    pub fn request_id(&self) -> Option<&RequestId> {
+        match self {
+            Effect::Publish { request_id }
+            | Effect::PostCard { request_id }
+            | Effect::UpdateCard { request_id }
+            | Effect::ThreadReply { request_id, .. } => Some(request_id),
+            Effect::Ephemeral { .. } => None,
+        }
+    }
+
     /// Effects in the same lane run one at a time, in the order written:
     /// a thread's card is posted before its replies, its replies stay in order.
     pub fn lane(&self) -> String {
@@ -117,7 +128,14 @@ pub trait Store: Send + Sync {
     async fn pending_requests(&self) -> Result<Vec<Request>, BackendError>;
     /// The pending requests whose time is up by `now`, soonest first.
     async fn expired_requests(&self, now: DateTime<Utc>) -> Result<Vec<Request>, BackendError>;
-    async fn set_thread(&self, id: &RequestId, thread: &ThreadRef) -> Result<(), BackendError>;
+    /// The card of the stored request `id` was posted, opening `thread`: the
+    /// thread is remembered and `effect`, the post, is done, in one write.
+    async fn card_posted(
+        &self,
+        effect: &EffectId,
+        id: &RequestId,
+        thread: &ThreadRef,
+    ) -> Result<(), BackendError>;
     async fn thread(&self, id: &RequestId) -> Result<Option<ThreadRef>, BackendError>;
     /// True for the first caller of `key` within `ttl`; false for every repeat.
     async fn claim_once(&self, key: &str, ttl: Duration) -> Result<bool, BackendError>;

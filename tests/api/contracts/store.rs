@@ -1,10 +1,13 @@
 //! The behaviour every `Store` implementation must show, run against SQLite
 //! and against DynamoDB on moto.
 
+use std::path::Path;
 use std::time::Duration;
 
 use chrono::Utc;
-use devops_bot::backends::store::{Effect, Execution, Store, ThreadRef};
+use devops_bot::backends::sqlite::Database;
+use devops_bot::backends::store::embedded::SqliteStore;
+use devops_bot::backends::store::{Effect, Execution, QueuedEffect, Store, ThreadRef};
 use devops_bot::domain::events::Envelope;
 use devops_bot::domain::names::Person;
 use devops_bot::domain::names::{StackName, Stage};
@@ -42,42 +45,46 @@ fn sample_request(user: &str) -> Request {
     )
 }
 
+/// A SQLite store at `path` holding one request, whose card is queued.
+async fn sqlite_store_with_a_card_queued(path: &Path) -> (SqliteStore, Request, Effect) {
+    let request = sample_request("U1");
+    let card = Effect::PostCard {
+        request_id: request.id.clone(),
+    };
+    let store = SqliteStore::open(Database::open(path).unwrap()).unwrap();
+    store
+        .create_request(&request, std::slice::from_ref(&card))
+        .await
+        .unwrap();
+    (store, request, card)
+}
+
+async fn due_now(store: &dyn Store) -> Vec<QueuedEffect> {
+    store
+        .claim_due_effects(Utc::now(), LEASE, 10)
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn sqlite_store_honours_the_store_contract() {
     let dir = tempfile::tempdir().unwrap();
-    let db = devops_bot::backends::sqlite::Database::open(&dir.path().join("state.db")).unwrap();
-    check(&devops_bot::backends::store::embedded::SqliteStore::open(db).unwrap()).await;
+    let db = Database::open(&dir.path().join("state.db")).unwrap();
+    check(&SqliteStore::open(db).unwrap()).await;
 }
 
 /// One process owns an embedded data directory, so what a killed run had
 /// leased is due again the moment the next run opens the file.
 #[tokio::test]
 async fn sqlite_store_reopened_after_a_crash_takes_back_what_the_dead_run_had_claimed() {
-    use devops_bot::backends::sqlite::Database;
-    use devops_bot::backends::store::embedded::SqliteStore;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state.db");
-    let request = sample_request("U1");
-    let card = Effect::PostCard {
-        request_id: request.id.clone(),
-    };
-    let first_run = SqliteStore::open(Database::open(&path).unwrap()).unwrap();
-    first_run
-        .create_request(&request, std::slice::from_ref(&card))
-        .await
-        .unwrap();
-    let claimed = first_run
-        .claim_due_effects(Utc::now(), LEASE, 10)
-        .await
-        .unwrap();
-    assert_eq!(claimed.len(), 1);
+    let (first_run, _, card) = sqlite_store_with_a_card_queued(&path).await;
+    assert_eq!(due_now(&first_run).await.len(), 1);
     drop(first_run);
 
     let next_run = SqliteStore::open(Database::open(&path).unwrap()).unwrap();
-    let due = next_run
-        .claim_due_effects(Utc::now(), LEASE, 10)
-        .await
-        .unwrap();
+    let due = due_now(&next_run).await;
     assert_eq!(
         due.len(),
         1,
@@ -85,6 +92,110 @@ async fn sqlite_store_reopened_after_a_crash_takes_back_what_the_dead_run_had_cl
     );
     assert_eq!(due[0].effect, card);
     assert!(due[0].interrupted);
+}
+
+/// A file written before lanes were filed by creation time: an effect queued
+/// then and one queued now for the same request still run one after the other.
+#[tokio::test]
+async fn sqlite_store_keeps_a_lane_in_order_across_the_upgrade_of_an_earlier_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let (earlier_run, request, card) = sqlite_store_with_a_card_queued(&path).await;
+    drop(earlier_run);
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch(
+            "DROP INDEX outbox_by_lane_in_order;
+             ALTER TABLE outbox DROP COLUMN lane_since;
+             CREATE INDEX outbox_by_lane ON outbox (lane, dead, seq);",
+        )
+        .unwrap();
+
+    let upgraded = SqliteStore::open(Database::open(&path).unwrap()).unwrap();
+    let reply = Effect::ThreadReply {
+        request_id: request.id.clone(),
+        text: "queued after the upgrade".into(),
+    };
+    upgraded
+        .enqueue(std::slice::from_ref(&reply))
+        .await
+        .unwrap();
+    let due = due_now(&upgraded).await;
+    assert_eq!(
+        due.iter().map(|queued| &queued.effect).collect::<Vec<_>>(),
+        [&card],
+        "the reply waits for the card queued before the upgrade"
+    );
+    upgraded.effect_done(&due[0].id).await.unwrap();
+    let due = due_now(&upgraded).await;
+    assert_eq!(
+        due.iter().map(|queued| &queued.effect).collect::<Vec<_>>(),
+        [&reply]
+    );
+}
+
+/// An earlier version run again on an upgraded file queues effects without
+/// their filing; the next upgraded run files them, and the lane keeps its order.
+#[tokio::test]
+async fn sqlite_store_keeps_a_lane_in_order_after_an_earlier_version_ran_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let (upgraded_run, request, card) = sqlite_store_with_a_card_queued(&path).await;
+    drop(upgraded_run);
+    let reply = Effect::ThreadReply {
+        request_id: request.id.clone(),
+        text: "queued by the earlier version".into(),
+    };
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute(
+            "INSERT INTO outbox (lane, payload, next_at) VALUES (?1, ?2, 0)",
+            [reply.lane(), serde_json::to_string(&reply).unwrap()],
+        )
+        .unwrap();
+
+    let next_run = SqliteStore::open(Database::open(&path).unwrap()).unwrap();
+    let due = due_now(&next_run).await;
+    assert_eq!(
+        due.iter().map(|queued| &queued.effect).collect::<Vec<_>>(),
+        [&card],
+        "the reply waits for the card"
+    );
+}
+
+/// A file written when threads were filed by request id alone keeps them: a
+/// request whose card was posted is not posted again after the upgrade.
+#[tokio::test]
+async fn sqlite_store_keeps_the_threads_of_an_earlier_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let (earlier_run, request, _) = sqlite_store_with_a_card_queued(&path).await;
+    drop(earlier_run);
+    let earlier_file = rusqlite::Connection::open(&path).unwrap();
+    earlier_file
+        .execute_batch(
+            "DROP TABLE request_threads;
+             CREATE TABLE threads (request_id TEXT PRIMARY KEY, platform TEXT NOT NULL,
+                                   channel TEXT NOT NULL, ts TEXT NOT NULL);",
+        )
+        .unwrap();
+    earlier_file
+        .execute(
+            "INSERT INTO threads VALUES (?1, 'slack', 'C1', '1.000100')",
+            [request.id.to_string()],
+        )
+        .unwrap();
+    drop(earlier_file);
+
+    let upgraded = SqliteStore::open(Database::open(&path).unwrap()).unwrap();
+    assert_eq!(
+        upgraded.thread(&request.id).await.unwrap(),
+        Some(ThreadRef {
+            platform: "slack".into(),
+            channel: "C1".into(),
+            ts: "1.000100".into(),
+        })
+    );
 }
 
 #[tokio::test]
@@ -230,7 +341,29 @@ async fn check(store: &dyn Store) {
         !retried[0].interrupted,
         "an effect whose attempt was settled as a retry was not interrupted"
     );
-    store.effect_done(&retried[0].id).await.unwrap();
+    // The card posted: its thread is remembered and the post is done, in one write;
+    // not for a request the store does not hold.
+    let thread = ThreadRef {
+        platform: "slack".into(),
+        channel: "C1".into(),
+        ts: "1.000100".into(),
+    };
+    assert_eq!(store.thread(&request.id).await.unwrap(), None);
+    let unknown = sample_request("UNKNOWN");
+    assert!(store
+        .card_posted(&retried[0].id, &unknown.id, &thread)
+        .await
+        .is_err());
+    assert_eq!(
+        store.outbox_depth().await.unwrap(),
+        2,
+        "the post is not done"
+    );
+    store
+        .card_posted(&retried[0].id, &request.id, &thread)
+        .await
+        .unwrap();
+    assert_eq!(store.thread(&request.id).await.unwrap(), Some(thread));
     // A lease that runs out (its holder died) lets the effect be claimed again.
     let next = store.claim_due_effects(later, LEASE, 10).await.unwrap();
     assert_eq!(next[0].effect, reply);
@@ -271,14 +404,7 @@ async fn check(store: &dyn Store) {
     assert!(again[0].interrupted);
     store.effect_done(&again[0].id).await.unwrap();
 
-    // Threads and dedupe keys.
-    let thread = ThreadRef {
-        platform: "slack".into(),
-        channel: "C1".into(),
-        ts: "1.000100".into(),
-    };
-    store.set_thread(&request.id, &thread).await.unwrap();
-    assert_eq!(store.thread(&request.id).await.unwrap(), Some(thread));
+    // Dedupe keys.
     assert!(store
         .claim_once("k1", Duration::from_secs(60))
         .await
@@ -352,10 +478,7 @@ async fn check(store: &dyn Store) {
 #[tokio::test]
 async fn sqlite_store_does_not_let_a_long_lane_starve_the_others() {
     let (_dir, db) = super::embedded_db();
-    a_long_lane_does_not_starve_the_others(
-        &devops_bot::backends::store::embedded::SqliteStore::open(db).unwrap(),
-    )
-    .await;
+    a_long_lane_does_not_starve_the_others(&SqliteStore::open(db).unwrap()).await;
 }
 
 #[tokio::test]
