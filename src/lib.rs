@@ -4,6 +4,7 @@
 //! (`domain`, `requests`, `executor`), backends behind traits (`backends`).
 #![forbid(unsafe_code)]
 
+pub mod answers;
 pub mod backends;
 pub mod cards;
 pub mod chat;
@@ -58,6 +59,7 @@ pub struct Application {
     embedded: Option<Embedded>,
     delivery: Arc<delivery::Delivery>,
     requests: Arc<requests::RequestService>,
+    answers_due: Arc<answers::AnswersDue>,
     summary: String,
 }
 
@@ -79,6 +81,7 @@ impl Application {
             Backend::Aws(settings) => backends::open::aws(settings).await?,
         };
         let metrics = Arc::new(metrics::Metrics::default());
+        let answers_due = Arc::new(answers::AnswersDue::default());
         let outbox_wake = Arc::new(Notify::new());
 
         let requests = Arc::new(requests::RequestService::new(
@@ -136,6 +139,7 @@ impl Application {
             platforms,
             wake: outbox_wake,
             metrics: metrics.clone(),
+            answers_due: answers_due.clone(),
         });
 
         let core = http::CoreState {
@@ -154,7 +158,7 @@ impl Application {
             config.slack.signing_secret.as_deref(),
         );
         let router = http::router(core)
-            .merge(slack::router(slack_state))
+            .merge(slack::router(slack_state, answers_due.clone()))
             .layer(axum::middleware::from_fn_with_state(metrics, http::track));
 
         let listener = TcpListener::bind(config.listen)
@@ -176,6 +180,7 @@ impl Application {
             embedded,
             delivery,
             requests,
+            answers_due,
             summary,
         })
     }
@@ -201,6 +206,11 @@ impl Application {
         self.embedded
             .as_ref()
             .map(|embedded| embedded.bus.subscribe())
+    }
+
+    /// The chat requests waiting for their answers; the outbox gives way to a crowd of them.
+    pub fn answers_due(&self) -> Arc<answers::AnswersDue> {
+        self.answers_due.clone()
     }
 
     /// The embedded backends, for operators' tools and tests to look into.

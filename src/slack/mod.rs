@@ -17,6 +17,7 @@ use slack_morphism::signature_verifier::SlackEventSignatureVerifier;
 
 pub use client::SlackChat;
 
+use crate::answers::AnswersDue;
 use crate::backends::store::Store;
 use crate::domain::names::Person;
 use crate::requests::RequestService;
@@ -57,11 +58,16 @@ impl SlackState {
     }
 }
 
-pub fn router(state: SlackState) -> Router {
+/// The Slack endpoints; each genuine request counts in `answers_due` until it is answered.
+pub fn router(state: SlackState, answers_due: Arc<AnswersDue>) -> Router {
     Router::new()
         .route("/slack/commands", post(commands::handle))
         .route("/slack/interactions", post(interactions::handle))
         .route("/slack/events", post(interactions::events))
+        .layer(axum::middleware::from_fn_with_state(
+            answers_due,
+            crate::answers::count,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             verify::verify_signature,

@@ -95,6 +95,8 @@ pub struct TestApp {
     /// The embedded backends, or the emulated AWS account the app runs on.
     pub embedded: Option<devops_bot::backends::open::Embedded>,
     pub aws: Option<Arc<AwsWorld>>,
+    /// The chat requests waiting for their answers, in an app run in this process.
+    pub answers_due: Option<Arc<devops_bot::answers::AnswersDue>>,
     process: Option<Replica>,
     stop: Option<oneshot::Sender<()>>,
     served: Option<tokio::task::JoinHandle<()>>,
@@ -173,6 +175,7 @@ impl TestApp {
             app_events: world.subscribe(),
             embedded: None,
             aws: Some(world.clone()),
+            answers_due: None,
             process: Some(process),
             stop: None,
             served: None,
@@ -208,6 +211,7 @@ impl TestApp {
             app_events: broadcast::channel(1).1,
             embedded: None,
             aws: None,
+            answers_due: None,
             process: None,
             stop: None,
             served: None,
@@ -232,6 +236,7 @@ impl TestApp {
             world.add_target(&address);
         }
         let embedded = app.embedded().cloned();
+        let answers_due = Some(app.answers_due());
         let (stop, stopped) = oneshot::channel::<()>();
         let served = tokio::spawn(async move {
             app.run_until(async {
@@ -248,6 +253,7 @@ impl TestApp {
             app_events,
             embedded,
             aws,
+            answers_due,
             process: None,
             stop: Some(stop),
             served: Some(served),

@@ -249,3 +249,32 @@ async fn a_thread_slack_is_slow_for_does_not_hold_up_the_others() {
         )
         .await;
 }
+
+#[tokio::test]
+async fn cards_give_way_to_a_crowd_waiting_for_answers_and_all_follow_it() {
+    let app = TestApp::spawn().await;
+    // Each post takes Slack a while, so the posts under way can be counted.
+    app.slack.set_latency(Duration::from_millis(1500));
+    let answers = app
+        .answers_due
+        .clone()
+        .expect("the app runs in this process");
+    let crowd: Vec<_> = (0..40).map(|_| answers.begin()).collect();
+    for n in 0..10 {
+        let requester = format!("UCROWD{n}");
+        let answer = app
+            .command_text(&requester, "deploy cc-agent-doc-registry --stage prod")
+            .await;
+        assert!(answer.contains("Request `"), "{answer}");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let posted_in_the_crowd = app.slack.attempts("chat.postMessage");
+    assert!(
+        (1..=4).contains(&posted_in_the_crowd),
+        "{posted_in_the_crowd} cards started while the crowd waited; expected a few, not none"
+    );
+    drop(crowd);
+    app.slack
+        .wait_for_calls("chat.postMessage", 10, Duration::from_secs(10))
+        .await;
+}

@@ -1,0 +1,102 @@
+//! Genuine chat requests waiting for their answer. A person waits on each and
+//! Slack gives up on it after 3 s, while a card, a thread reply or a publish
+//! can come a moment later: while a crowd of them waits, the outbox gives way
+//! (see `delivery`).
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+
+/// More chat requests than this waiting at once make a crowd. A person's
+/// commands and clicks, even a busy team's, come far fewer at a time; a
+/// burst from a whole organisation or a load test, more.
+const CROWD: usize = 16;
+/// How long a crowd is taken to stay after it was last seen. Its requests are
+/// answered in batches (one commit stores a few hundred), so the count drops
+/// to nothing between batches while the crowd is still there.
+const CROWD_LINGERS: Duration = Duration::from_millis(250);
+
+pub struct AnswersDue {
+    waiting: AtomicUsize,
+    /// When a crowd was last seen: 1 + milliseconds after `counting_since` (0: never).
+    crowd_seen: AtomicU64,
+    counting_since: Instant,
+}
+
+impl Default for AnswersDue {
+    fn default() -> Self {
+        Self {
+            waiting: AtomicUsize::new(0),
+            crowd_seen: AtomicU64::new(0),
+            counting_since: Instant::now(),
+        }
+    }
+}
+
+impl AnswersDue {
+    /// Counts one request as waiting until the returned guard is dropped.
+    pub fn begin(self: &Arc<Self>) -> AnswerDue {
+        if self.waiting.fetch_add(1, Ordering::Relaxed) >= CROWD {
+            self.crowd_seen.store(self.ms_counted(), Ordering::Relaxed);
+        }
+        AnswerDue(self.clone())
+    }
+
+    /// Whether a crowd waits now or did a moment ago.
+    pub fn crowded(&self) -> bool {
+        let seen = self.crowd_seen.load(Ordering::Relaxed);
+        self.waiting.load(Ordering::Relaxed) > CROWD
+            || (seen != 0
+                && self.ms_counted().saturating_sub(seen) < CROWD_LINGERS.as_millis() as u64)
+    }
+
+    fn ms_counted(&self) -> u64 {
+        1 + self.counting_since.elapsed().as_millis() as u64
+    }
+}
+
+/// One chat request waiting for its answer.
+pub struct AnswerDue(Arc<AnswersDue>);
+
+impl Drop for AnswerDue {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Counts the request as waiting until its answer is ready. Layered inside
+/// the signature check, so a flood of forged requests makes no crowd.
+pub async fn count(
+    State(answers): State<Arc<AnswersDue>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let _waiting = answers.begin();
+    next.run(request).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_crowd_is_more_than_a_few_requests_waiting_and_lingers_a_moment_after_their_answers() {
+        let answers = Arc::new(AnswersDue::default());
+        let mut waiting: Vec<AnswerDue> = (0..CROWD).map(|_| answers.begin()).collect();
+        assert!(!answers.crowded());
+        waiting.push(answers.begin());
+        assert!(answers.crowded());
+        drop(waiting);
+        assert_eq!(answers.waiting.load(Ordering::Relaxed), 0);
+        assert!(
+            answers.crowded(),
+            "the next batch of the crowd is on its way"
+        );
+        std::thread::sleep(CROWD_LINGERS + Duration::from_millis(5));
+        assert!(!answers.crowded());
+    }
+}
