@@ -41,9 +41,16 @@ impl AnswersDue {
     /// Counts one request as waiting until the returned guard is dropped.
     pub fn begin(self: &Arc<Self>) -> AnswerDue {
         if self.waiting.fetch_add(1, Ordering::Relaxed) >= CROWD {
-            self.crowd_seen.store(self.ms_counted(), Ordering::Relaxed);
+            self.saw_crowd();
         }
         AnswerDue(self.clone())
+    }
+
+    /// Called as a crowd's member arrives or leaves, so it lingers after the last one has gone.
+    fn saw_crowd(&self) {
+        // Two threads may read the clock in one order and write in the other.
+        self.crowd_seen
+            .fetch_max(self.ms_counted(), Ordering::Relaxed);
     }
 
     /// Whether a crowd waits now or did a moment ago.
@@ -64,7 +71,9 @@ pub struct AnswerDue(Arc<AnswersDue>);
 
 impl Drop for AnswerDue {
     fn drop(&mut self) {
-        self.0.waiting.fetch_sub(1, Ordering::Relaxed);
+        if self.0.waiting.fetch_sub(1, Ordering::Relaxed) > CROWD {
+            self.0.saw_crowd();
+        }
     }
 }
 
@@ -84,11 +93,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_crowd_is_more_than_a_few_requests_waiting_and_lingers_a_moment_after_their_answers() {
+    fn a_crowd_is_more_than_a_few_requests_waiting_and_lingers_a_moment_after_it_has_gone() {
         let answers = Arc::new(AnswersDue::default());
         let mut waiting: Vec<AnswerDue> = (0..CROWD).map(|_| answers.begin()).collect();
         assert!(!answers.crowded());
         waiting.push(answers.begin());
+        assert!(answers.crowded());
+        // Still there long after it came: the lingering counts from when it left.
+        std::thread::sleep(CROWD_LINGERS + Duration::from_millis(5));
         assert!(answers.crowded());
         drop(waiting);
         assert_eq!(answers.waiting.load(Ordering::Relaxed), 0);

@@ -34,11 +34,12 @@ const LEASE: Duration = Duration::from_secs(120);
 const DEPTH_EVERY: Duration = Duration::from_secs(1);
 /// At most this many effects are carried out at once.
 const IN_FLIGHT: usize = 64;
-/// At most this many while a crowd of chat requests waits for its answers: the
-/// cards and replies come a little later, the answers within Slack's 3 s. (In a
-/// burst of deploys, posting cards meanwhile took a third of the CPU and cut
-/// answers per second from 26k to 17k.) Cards still move, so none waits for
-/// the crowd to go.
+/// At most this many while a crowd of chat requests waits for its answers (see
+/// [`AnswersDue`]): effects are what a person sees a moment later (cards, replies,
+/// card updates, ephemeral notes) or nobody watches (publishing), while each answer
+/// is watched and Slack gives up on it after 3 s. In a burst on the embedded
+/// backends the effects' CPU came out of the answers. More than one, so lanes still
+/// move during a long crowd.
 const IN_FLIGHT_WHILE_CROWDED: usize = 4;
 /// How often the outbox looks for work while a crowd waits.
 const CROWD_POLL: Duration = Duration::from_millis(20);
@@ -250,7 +251,8 @@ impl Delivery {
             }
             tokio::select! {
                 _ = &mut shutdown => break,
-                // Each of the crowd's requests wakes the outbox: a short poll does instead.
+                // Each of the crowd's requests wakes the outbox, and each wake-up asks the
+                // store for work, queueing beside the crowd's own writes: a short poll does instead.
                 _ = self.wake.notified(), if !crowded => {}
                 Some(finished) = in_flight.join_next(), if !in_flight.is_empty() => {
                     log_if_panicked(finished);

@@ -112,3 +112,34 @@ async fn the_secret_value_appears_only_in_the_published_request() {
         );
     }
 }
+
+#[tokio::test]
+async fn forged_requests_make_no_crowd_for_the_outbox_to_give_way_to_and_genuine_ones_do() {
+    let app = TestApp::spawn().await;
+    let answers = app
+        .answers_due
+        .clone()
+        .expect("the app runs in this process");
+    // One short of a crowd: the next request to be counted makes one.
+    let waiting: Vec<_> = (0..16).map(|_| answers.begin()).collect();
+    assert!(!answers.crowded());
+    for _ in 0..3 {
+        let forged = app
+            .http
+            .post(format!("{}/slack/commands", app.address))
+            .header("x-slack-request-timestamp", TestApp::now().to_string())
+            .header(
+                "x-slack-signature",
+                "v0=0000000000000000000000000000000000000000000000000000000000000000",
+            )
+            .body(app.command_body("U1", "help"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(forged.status(), 401);
+    }
+    assert!(!answers.crowded(), "a forged request was counted");
+    app.command_text("U1", "help").await;
+    assert!(answers.crowded(), "a genuine request was not counted");
+    drop(waiting);
+}
