@@ -13,7 +13,7 @@ use crate::backends::sqlite::{now_millis, Database};
 use crate::backends::BackendError;
 use crate::domain::events::Envelope;
 use crate::domain::names::RequestId;
-use crate::domain::request::{Request, Status};
+use crate::domain::request::Request;
 
 pub struct SqliteStore {
     db: Database,
@@ -186,8 +186,9 @@ impl Store for SqliteStore {
 
     async fn pending_requests(&self) -> Result<Vec<Request>, BackendError> {
         self.requests_found(
-            "SELECT body FROM requests WHERE status = ?1 ORDER BY created_at",
-            (Status::Pending.as_str(),),
+            "SELECT body FROM requests INDEXED BY requests_pending_by_expiry
+             WHERE status = 'pending' ORDER BY created_at",
+            (),
         )
         .await
     }

@@ -164,7 +164,9 @@ async fn sqlite_store_keeps_a_lane_in_order_after_an_earlier_version_ran_again()
 }
 
 /// A file written when threads were filed by request id alone keeps them: a
-/// request whose card was posted is not posted again after the upgrade.
+/// request whose card was posted is not posted again after the upgrade. Its
+/// pending requests are still listed, without the index of every request by
+/// status that each decision had to rewrite.
 #[tokio::test]
 async fn sqlite_store_keeps_the_threads_of_an_earlier_file() {
     let dir = tempfile::tempdir().unwrap();
@@ -175,6 +177,7 @@ async fn sqlite_store_keeps_the_threads_of_an_earlier_file() {
     earlier_file
         .execute_batch(
             "DROP TABLE request_threads;
+             CREATE INDEX requests_by_status ON requests (status);
              CREATE TABLE threads (request_id TEXT PRIMARY KEY, platform TEXT NOT NULL,
                                    channel TEXT NOT NULL, ts TEXT NOT NULL);",
         )
@@ -189,6 +192,10 @@ async fn sqlite_store_keeps_the_threads_of_an_earlier_file() {
 
     let upgraded = SqliteStore::open(Database::open(&path).unwrap()).unwrap();
     assert_eq!(
+        upgraded.pending_requests().await.unwrap(),
+        vec![request.clone()]
+    );
+    assert_eq!(
         upgraded.thread(&request.id).await.unwrap(),
         Some(ThreadRef {
             platform: "slack".into(),
@@ -196,6 +203,15 @@ async fn sqlite_store_keeps_the_threads_of_an_earlier_file() {
             ts: "1.000100".into(),
         })
     );
+    let status_indexes: i64 = rusqlite::Connection::open(&path)
+        .unwrap()
+        .query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE name = 'requests_by_status'",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert_eq!(status_indexes, 0);
 }
 
 #[tokio::test]
@@ -249,11 +265,27 @@ async fn check(store: &dyn Store) {
     );
     let mut sooner_approved = sooner.clone();
     sooner_approved.status = Status::Approved;
+    let pending_ids = || async move {
+        let mut ids: Vec<_> = store
+            .pending_requests()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|request| request.id)
+            .collect();
+        ids.sort_by_key(|id| id.to_string());
+        ids
+    };
+    let mut both = vec![request.id.clone(), sooner.id.clone()];
+    both.sort_by_key(|id| id.to_string());
+    assert_eq!(pending_ids().await, both);
     assert!(store.update_request(&sooner_approved, &[]).await.unwrap());
     assert_eq!(
         expired_ids(request.expires_at).await,
         vec![request.id.clone()]
     );
+    // A decided request is no longer listed as pending.
+    assert_eq!(pending_ids().await, vec![request.id.clone()]);
     assert_eq!(
         store
             .requests_by("slack:UCONTRACT", 10)
@@ -278,6 +310,7 @@ async fn check(store: &dyn Store) {
     };
     assert!(store.update_request(&first, &[]).await.unwrap());
     assert!(!store.update_request(&second, &[publish]).await.unwrap());
+    assert!(pending_ids().await.is_empty());
     let stored = store.request(&request.id).await.unwrap().unwrap();
     assert_eq!((stored.status, stored.version), (Status::Rejected, 1));
 
