@@ -4,12 +4,7 @@
 //! (see `delivery`).
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use axum::extract::{Request, State};
-use axum::middleware::Next;
-use axum::response::Response;
 
 /// More chat requests than this waiting at once make a crowd. A person's
 /// commands and clicks, even a busy team's, come far fewer at a time; a
@@ -39,11 +34,11 @@ impl Default for AnswersDue {
 
 impl AnswersDue {
     /// Counts one request as waiting until the returned guard is dropped.
-    pub fn begin(self: &Arc<Self>) -> AnswerDue {
+    pub fn begin(&self) -> AnswerDue<'_> {
         if self.waiting.fetch_add(1, Ordering::Relaxed) >= CROWD {
             self.saw_crowd();
         }
-        AnswerDue(self.clone())
+        AnswerDue(self)
     }
 
     /// Called as a crowd's member arrives or leaves, so it lingers after the last one has gone.
@@ -67,25 +62,14 @@ impl AnswersDue {
 }
 
 /// One chat request waiting for its answer.
-pub struct AnswerDue(Arc<AnswersDue>);
+pub struct AnswerDue<'a>(&'a AnswersDue);
 
-impl Drop for AnswerDue {
+impl Drop for AnswerDue<'_> {
     fn drop(&mut self) {
         if self.0.waiting.fetch_sub(1, Ordering::Relaxed) > CROWD {
             self.0.saw_crowd();
         }
     }
-}
-
-/// Counts the request as waiting until its answer is ready. Layered inside
-/// the signature check, so a flood of forged requests makes no crowd.
-pub async fn count(
-    State(answers): State<Arc<AnswersDue>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let _waiting = answers.begin();
-    next.run(request).await
 }
 
 #[cfg(test)]
@@ -94,7 +78,7 @@ mod tests {
 
     #[test]
     fn a_crowd_is_more_than_a_few_requests_waiting_and_lingers_a_moment_after_it_has_gone() {
-        let answers = Arc::new(AnswersDue::default());
+        let answers = AnswersDue::default();
         let mut waiting: Vec<AnswerDue> = (0..CROWD).map(|_| answers.begin()).collect();
         assert!(!answers.crowded());
         waiting.push(answers.begin());

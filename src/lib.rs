@@ -156,9 +156,10 @@ impl Application {
             store,
             slack_client,
             config.slack.signing_secret.as_deref(),
+            answers_due.clone(),
         );
         let router = http::router(core)
-            .merge(slack::router(slack_state, answers_due.clone()))
+            .merge(slack::router(slack_state))
             .layer(axum::middleware::from_fn_with_state(metrics, http::track));
 
         let listener = TcpListener::bind(config.listen)

@@ -27,13 +27,28 @@ const ANSWER_WITHIN: Duration = Duration::from_millis(2000);
 /// Bodies bigger than any real slash command or interaction payload are refused.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
+/// What the Slack endpoints share. Cloned for every request (by each layer and
+/// the handler), so behind one reference count rather than one per part: the
+/// parts' counts, shared by both cores, cost more than the clone itself.
 #[derive(Clone)]
-pub struct SlackState {
+pub struct SlackState(Arc<SlackShared>);
+
+pub struct SlackShared {
     pub requests: Arc<RequestService>,
     pub store: Arc<dyn Store>,
     pub client: Option<Arc<SlackChat>>,
-    pub verifier: Option<Arc<SlackEventSignatureVerifier>>,
-    pub refusals: Arc<verify::Refusals>,
+    pub verifier: Option<SlackEventSignatureVerifier>,
+    pub refusals: verify::Refusals,
+    /// Genuine requests waiting for their answers (see [`AnswersDue`]).
+    pub answers_due: Arc<AnswersDue>,
+}
+
+impl std::ops::Deref for SlackState {
+    type Target = SlackShared;
+
+    fn deref(&self) -> &SlackShared {
+        &self.0
+    }
 }
 
 impl SlackState {
@@ -42,32 +57,29 @@ impl SlackState {
         store: Arc<dyn Store>,
         client: Option<Arc<SlackChat>>,
         signing_secret: Option<&str>,
+        answers_due: Arc<AnswersDue>,
     ) -> Self {
         let verifier = signing_secret.map(|secret| {
-            Arc::new(SlackEventSignatureVerifier::new(&SlackSigningSecret::new(
-                secret.to_string(),
-            )))
+            SlackEventSignatureVerifier::new(&SlackSigningSecret::new(secret.to_string()))
         });
-        Self {
+        Self(Arc::new(SlackShared {
             requests,
             store,
             client,
             verifier,
-            refusals: Arc::default(),
-        }
+            refusals: verify::Refusals::default(),
+            answers_due,
+        }))
     }
 }
 
-/// The Slack endpoints; each genuine request counts in `answers_due` until it is answered.
-pub fn router(state: SlackState, answers_due: Arc<AnswersDue>) -> Router {
+/// The Slack endpoints; each genuine request counts in the state's
+/// `answers_due` until it is answered (see [`verify::verify_signature`]).
+pub fn router(state: SlackState) -> Router {
     Router::new()
         .route("/slack/commands", post(commands::handle))
         .route("/slack/interactions", post(interactions::handle))
         .route("/slack/events", post(interactions::events))
-        .layer(axum::middleware::from_fn_with_state(
-            answers_due,
-            crate::answers::count,
-        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             verify::verify_signature,

@@ -87,6 +87,8 @@ pub async fn verify_signature(
         }
         return refuse(StatusCode::UNAUTHORIZED, "invalid or stale Slack signature");
     }
+    // Counted once the signature holds, so a flood of forged requests makes no crowd.
+    let _waiting = state.answers_due.begin();
     next.run(Request::from_parts(parts, Body::from(bytes)))
         .await
 }
@@ -139,7 +141,8 @@ mod tests {
                 Stage::Dev,
                 Arc::new(tokio::sync::Notify::new()),
             ));
-            let state = SlackState::new(requests, backends.store, None, Some(SECRET));
+            let state =
+                SlackState::new(requests, backends.store, None, Some(SECRET), Arc::default());
             let handled = Arc::new(AtomicUsize::new(0));
             let counter = handled.clone();
             let echo = move |body: Bytes| {
