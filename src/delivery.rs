@@ -178,6 +178,13 @@ fn log_if_panicked(finished: Result<(), tokio::task::JoinError>) {
     }
 }
 
+fn thread_notice(request_id: &RequestId, text: &str) -> Effect {
+    Effect::ThreadReply {
+        request_id: request_id.clone(),
+        text: text.to_string(),
+    }
+}
+
 fn kind(effect: &Effect) -> &'static str {
     match effect {
         Effect::Publish { .. } => "publish",
@@ -374,9 +381,8 @@ impl Delivery {
     }
 
     async fn tell_bus_held(&self, request_id: &RequestId) {
-        if self.claim_notice(HELD_NOTICE, request_id).await {
-            self.tell_thread(request_id, BUS_HELD).await;
-        }
+        let held = thread_notice(request_id, BUS_HELD);
+        self.claim_notice(HELD_NOTICE, request_id, &[held]).await;
     }
 
     /// After a publish that followed failures. Decided once: a later republish
@@ -385,34 +391,27 @@ impl Delivery {
     async fn tell_bus_back(&self, request_id: &RequestId) {
         // Claiming the held notice's key tells whether it was told: if this
         // claim wins, it was not, and there is nothing to take back.
-        if self.claim_notice("bus-back", request_id).await
-            && !self.claim_notice(HELD_NOTICE, request_id).await
+        if self.claim_notice("bus-back", request_id, &[]).await
+            && !self.claim_notice(HELD_NOTICE, request_id, &[]).await
         {
-            self.tell_thread(request_id, BUS_BACK).await;
+            let back = thread_notice(request_id, BUS_BACK);
+            if let Err(error) = self.store.enqueue(&[back]).await {
+                tracing::warn!(%error, "outbox: could not queue a thread notice; left out");
+            }
         }
     }
 
     /// True for the first caller per notice and request, across retries and
-    /// replicas; false too when it cannot be claimed now, as a notice is
-    /// better left out than told twice.
-    async fn claim_notice(&self, notice: &str, request_id: &RequestId) -> bool {
+    /// replicas, whose `telling` is queued with the claim; false too when it
+    /// cannot be claimed now, as a notice is better left out than told twice.
+    async fn claim_notice(&self, notice: &str, request_id: &RequestId, telling: &[Effect]) -> bool {
         self.store
-            .claim_once(&format!("{notice}:{request_id}"), NOTICE_KEPT)
+            .claim_once(&format!("{notice}:{request_id}"), NOTICE_KEPT, telling)
             .await
             .unwrap_or_else(|error| {
                 tracing::warn!(%error, notice, "outbox: could not claim a thread notice; left out");
                 false
             })
-    }
-
-    async fn tell_thread(&self, request_id: &RequestId, text: &str) {
-        let reply = Effect::ThreadReply {
-            request_id: request_id.clone(),
-            text: text.to_string(),
-        };
-        if let Err(error) = self.store.enqueue(&[reply]).await {
-            tracing::warn!(%error, "outbox: could not queue a thread notice; left out");
-        }
     }
 
     fn platform(&self, name: &str) -> Result<&Arc<dyn ChatPlatform>, Failed> {

@@ -11,7 +11,7 @@ use chrono::Utc;
 use serde_json::{json, Value};
 
 use crate::backends::bus::EventHandler;
-use crate::backends::store::{Effect, Store};
+use crate::backends::store::{Effect, OnceUpdate, Store};
 use crate::backends::BackendError;
 use crate::domain::events::{rfc3339, CompletedDetail, CompletionStatus, Envelope, CHATOPS_AGENT};
 use crate::domain::names::{Person, RequestId, Stage};
@@ -25,6 +25,9 @@ use crate::domain::secret::{SealError, Sealer, SecretValue};
 const HOLD_AT_MOST: Duration = Duration::from_secs(25 * 60);
 const FIRST_RETRY: Duration = Duration::from_millis(250);
 const LONGEST_RETRY: Duration = Duration::from_secs(10);
+/// How long a click's delivery is told from its repeats: chat platforms retry
+/// one they did not hear back about for a few minutes at most.
+pub const DELIVERIES_REMEMBERED: Duration = Duration::from_secs(24 * 3600);
 
 /// Runs `attempt` again while the store cannot be reached (up to
 /// `HOLD_AT_MOST`); `on_hold` hears of the first such failure, so the person
@@ -190,16 +193,19 @@ impl RequestService {
         Ok(request)
     }
 
-    /// Applies an Approve or Reject click, held while the store cannot be
-    /// reached (`on_hold` hears of it once).
+    /// Applies an Approve or Reject click once per `delivery`, the key its
+    /// repeats share (Slack retries a click it did not hear back about): the
+    /// decision and the claim of the key are one write. `None` for a repeat.
+    /// Held while the store cannot be reached (`on_hold` hears of it once).
     pub async fn decide(
         &self,
         id: &RequestId,
         who: &Person,
         verdict: Verdict,
+        delivery: &str,
         on_hold: impl FnOnce(),
-    ) -> Result<Request, RequestError> {
-        hold_while_unreachable(|_| self.decide_now(id, who, &verdict), on_hold).await
+    ) -> Result<Option<Request>, RequestError> {
+        hold_while_unreachable(|_| self.decide_now(id, who, &verdict, delivery), on_hold).await
     }
 
     /// Concurrent clicks race on the request's version: the loser re-reads
@@ -209,7 +215,8 @@ impl RequestService {
         id: &RequestId,
         who: &Person,
         verdict: &Verdict,
-    ) -> Result<Request, RequestError> {
+        delivery: &str,
+    ) -> Result<Option<Request>, RequestError> {
         loop {
             let mut request = self
                 .store
@@ -232,10 +239,18 @@ impl RequestService {
                     request_id: request.id.clone(),
                 });
             }
-            if self.store.update_request(&request, &effects).await? {
-                tracing::info!(request_id = %id, by = %who.identity(), status = request.status.as_str(), "request decided");
-                self.outbox_wake.notify_one();
-                return Ok(request);
+            match self
+                .store
+                .update_request_once(&request, &effects, delivery, DELIVERIES_REMEMBERED)
+                .await?
+            {
+                OnceUpdate::Written => {
+                    tracing::info!(request_id = %id, by = %who.identity(), status = request.status.as_str(), "request decided");
+                    self.outbox_wake.notify_one();
+                    return Ok(Some(request));
+                }
+                OnceUpdate::Repeated => return Ok(None),
+                OnceUpdate::Stale => {}
             }
         }
     }

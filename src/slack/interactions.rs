@@ -2,7 +2,6 @@
 //! leniently: a type we do not handle is acknowledged and ignored.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -19,12 +18,9 @@ use crate::chat::ChatPlatform;
 use crate::domain::names::{RequestId, SecretName, Stage};
 use crate::domain::request::Origin;
 use crate::domain::secret::SecretValue;
-use crate::requests::{NewAction, Verdict};
+use crate::requests::{NewAction, Verdict, DELIVERIES_REMEMBERED};
 
 const HELD_CLICK: &str = "⏳ The bot's store cannot be reached right now. Your click is held and will count as soon as it is back; the card will show it.";
-
-/// Slack retries for a few minutes at most; remember deliveries for a day.
-const DEDUPE_FOR: Duration = Duration::from_secs(24 * 3600);
 
 fn str_at<'a>(value: &'a Value, path: &[&str]) -> &'a str {
     path.iter()
@@ -85,16 +81,6 @@ async fn block_actions(state: SlackState, payload: Value) -> Response {
     );
     let tell = super::commands::tell_later(&state, str_at(&payload, &["response_url"]));
     store_before_answering(|early| async move {
-        match state.store.claim_once(&delivery, DEDUPE_FOR).await {
-            Ok(true) => {}
-            Ok(false) => {
-                tracing::info!("Slack retried a click; already handled");
-                return;
-            }
-            Err(error) => {
-                tracing::warn!(%error, "dedupe check failed; the state machine still guards the click")
-            }
-        }
         let verb = str_at(&action, &["action_id"]);
         let data: Value = serde_json::from_str(str_at(&action, &["value"])).unwrap_or(Value::Null);
         let verdict = match verb {
@@ -108,24 +94,35 @@ async fn block_actions(state: SlackState, payload: Value) -> Response {
             tell(HELD_CLICK.to_string());
         };
         let outcome = match RequestId::parse(str_at(&data, &["requestId"])) {
-            Ok(id) => state
-                .requests
-                .decide(&id, &who, verdict, on_hold)
-                .await
-                .map(|_| ()),
+            Ok(id) => {
+                state
+                    .requests
+                    .decide(&id, &who, verdict, &delivery, on_hold)
+                    .await
+            }
             Err(error) => Err(crate::requests::RequestError::Refused(error.to_string())),
         };
-        if let Err(error) = outcome {
-            let tell = Effect::Ephemeral {
-                platform: "slack".into(),
-                channel,
-                user: who.user_id.clone(),
-                text: format!("⚠️ Your click changed nothing: {error}"),
-            };
-            if let Err(error) = state.store.enqueue(&[tell]).await {
-                tracing::error!(%error, "could not queue the refusal message");
+        match outcome {
+            Ok(Some(_)) => {}
+            Ok(None) => tracing::info!("Slack retried a click; already handled"),
+            Err(error) => {
+                let tell = Effect::Ephemeral {
+                    platform: "slack".into(),
+                    channel,
+                    user: who.user_id.clone(),
+                    text: format!("⚠️ Your click changed nothing: {error}"),
+                };
+                // A retried refused click is told once.
+                match state
+                    .store
+                    .claim_once(&delivery, DELIVERIES_REMEMBERED, &[tell])
+                    .await
+                {
+                    Ok(true) => state.requests.wake_outbox(),
+                    Ok(false) => tracing::info!("Slack retried a refused click; already told"),
+                    Err(error) => tracing::error!(%error, "could not queue the refusal message"),
+                }
             }
-            state.requests.wake_outbox();
         }
     })
     .await;
@@ -237,7 +234,11 @@ pub async fn events(State(state): State<SlackState>, body: axum::body::Bytes) ->
         }
         "event_callback" => {
             let key = format!("slack-event:{}", str_at(&event, &["event_id"]));
-            if let Ok(false) = state.store.claim_once(&key, DEDUPE_FOR).await {
+            if let Ok(false) = state
+                .store
+                .claim_once(&key, DELIVERIES_REMEMBERED, &[])
+                .await
+            {
                 tracing::info!("Slack redelivered an event; already seen");
             }
             StatusCode::OK.into_response()

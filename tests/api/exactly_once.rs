@@ -44,6 +44,9 @@ async fn simultaneous_approvals_and_a_retried_click_publish_one_request() {
     // The slower approver is told the request was already approved.
     let told = wait_for_call(&app, "chat.postEphemeral", |_| true).await;
     assert!(told["text"].as_str().unwrap().contains("already"), "{told}");
+    // Told once: Slack's retry of a click is not a click of its own.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(app.slack.calls_to("chat.postEphemeral").len(), 1);
 }
 
 #[tokio::test]

@@ -27,7 +27,7 @@ use aws_sdk_dynamodb::types::{
 use aws_sdk_dynamodb::Client;
 use chrono::{DateTime, SecondsFormat, Utc};
 
-use super::{Effect, EffectId, Execution, QueuedEffect, Store, ThreadRef};
+use super::{Effect, EffectId, Execution, OnceUpdate, QueuedEffect, Store, ThreadRef};
 use crate::backends::aws::{build_error, classify, error_code};
 use crate::backends::BackendError;
 use crate::domain::events::Envelope;
@@ -215,6 +215,16 @@ impl DynamoStore {
 
     /// Writes all of `writes` or none; false if the first one's condition failed.
     async fn transact(&self, writes: Vec<TransactWriteItem>) -> Result<bool, BackendError> {
+        Ok(self.transact_or_refused(writes).await?.is_none())
+    }
+
+    /// Writes all of `writes` or none: `Some(i)` if none were, as the condition
+    /// of `writes[i]` failed (the first such).
+    async fn transact_or_refused(
+        &self,
+        writes: Vec<TransactWriteItem>,
+    ) -> Result<Option<usize>, BackendError> {
+        use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
         match self
             .client
             .transact_write_items()
@@ -222,29 +232,76 @@ impl DynamoStore {
             .send()
             .await
         {
-            Ok(_) => Ok(true),
+            Ok(_) => Ok(None),
             Err(SdkError::ServiceError(service))
                 if service.err().is_transaction_canceled_exception() =>
             {
-                let conditional = match service.err() {
-                    aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(cancelled) => cancelled
+                let refused = match service.err() {
+                    TransactWriteItemsError::TransactionCanceledException(cancelled) => cancelled
                         .cancellation_reasons()
-                        .first()
-                        .and_then(|reason| reason.code())
-                        == Some("ConditionalCheckFailed"),
-                    _ => false,
+                        .iter()
+                        .position(|reason| reason.code() == Some("ConditionalCheckFailed")),
+                    _ => None,
                 };
-                if conditional {
-                    Ok(false)
-                } else {
-                    Err(BackendError::Unavailable(format!(
+                refused.map(Some).ok_or_else(|| {
+                    BackendError::Unavailable(format!(
                         "DynamoDB transaction cancelled: {:?}",
                         service.err()
-                    )))
-                }
+                    ))
+                })
             }
             Err(error) => Err(classify("DynamoDB TransactWriteItems", error)),
         }
+    }
+
+    /// Claims a dedupe `key` for `ttl`, unless it was claimed and its time is not up.
+    fn claim_put(
+        &self,
+        dedupe_key: &str,
+        ttl: Duration,
+    ) -> Result<TransactWriteItem, BackendError> {
+        let now = Utc::now().timestamp_millis();
+        let expires = now.saturating_add(millis(ttl));
+        let mut item = key(format!("DEDUPE#{dedupe_key}"), "DEDUPE");
+        item.insert("expires_ms".into(), n(expires));
+        // DynamoDB's TTL deletes late (or, in emulators, never): `expires_ms` decides.
+        item.insert("ttl".into(), n(expires / 1000 + 1));
+        self.put(
+            item,
+            Some("attribute_not_exists(PK) OR expires_ms <= :now"),
+            Some(HashMap::from([(":now".to_string(), n(now))])),
+        )
+    }
+
+    /// Writes `request` as the next version of what is stored, with `effects`,
+    /// claiming `once`'s key (for its time) in the same transaction.
+    async fn update(
+        &self,
+        request: &Request,
+        effects: &[Effect],
+        once: Option<(&str, Duration)>,
+    ) -> Result<OnceUpdate, BackendError> {
+        let mut stored = request.clone();
+        stored.version = request.version + 1;
+        let mut writes = once
+            .map(|(dedupe_key, ttl)| self.claim_put(dedupe_key, ttl))
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()?;
+        let request_write = writes.len();
+        writes.push(self.put(
+            request_item(&stored)?,
+            Some("version = :seen"),
+            Some(HashMap::from([(
+                ":seen".to_string(),
+                n(request.version as i64),
+            )])),
+        )?);
+        writes.extend(self.effect_puts(effects)?);
+        Ok(match self.transact_or_refused(writes).await? {
+            None => OnceUpdate::Written,
+            Some(refused) if refused == request_write => OnceUpdate::Stale,
+            Some(_) => OnceUpdate::Repeated,
+        })
     }
 
     async fn get(&self, key: Item) -> Result<Option<Item>, BackendError> {
@@ -491,18 +548,17 @@ impl Store for DynamoStore {
         request: &Request,
         effects: &[Effect],
     ) -> Result<bool, BackendError> {
-        let mut stored = request.clone();
-        stored.version = request.version + 1;
-        let mut writes = vec![self.put(
-            request_item(&stored)?,
-            Some("version = :seen"),
-            Some(HashMap::from([(
-                ":seen".to_string(),
-                n(request.version as i64),
-            )])),
-        )?];
-        writes.extend(self.effect_puts(effects)?);
-        self.transact(writes).await
+        Ok(self.update(request, effects, None).await? == OnceUpdate::Written)
+    }
+
+    async fn update_request_once(
+        &self,
+        request: &Request,
+        effects: &[Effect],
+        key: &str,
+        ttl: Duration,
+    ) -> Result<OnceUpdate, BackendError> {
+        self.update(request, effects, Some((key, ttl))).await
     }
 
     async fn requests_by(
@@ -594,23 +650,15 @@ impl Store for DynamoStore {
         }))
     }
 
-    async fn claim_once(&self, dedupe_key: &str, ttl: Duration) -> Result<bool, BackendError> {
-        let now = Utc::now().timestamp_millis();
-        let expires = now.saturating_add(millis(ttl));
-        let mut item = key(format!("DEDUPE#{dedupe_key}"), "DEDUPE");
-        item.insert("expires_ms".into(), n(expires));
-        // DynamoDB's TTL deletes late (or, in emulators, never): `expires_ms` decides.
-        item.insert("ttl".into(), n(expires / 1000 + 1));
-        let claimed = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .condition_expression("attribute_not_exists(PK) OR expires_ms <= :now")
-            .expression_attribute_values(":now", n(now))
-            .send()
-            .await;
-        written("DynamoDB PutItem", claimed)
+    async fn claim_once(
+        &self,
+        dedupe_key: &str,
+        ttl: Duration,
+        effects: &[Effect],
+    ) -> Result<bool, BackendError> {
+        let mut writes = vec![self.claim_put(dedupe_key, ttl)?];
+        writes.extend(self.effect_puts(effects)?);
+        self.transact(writes).await
     }
 
     async fn start_execution(

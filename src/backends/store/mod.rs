@@ -97,6 +97,17 @@ pub enum Execution {
     Finished(Box<Envelope>),
 }
 
+/// What [`Store::update_request_once`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnceUpdate {
+    /// The request, its effects and the delivery's key were written together.
+    Written,
+    /// Another writer changed the request first: nothing was written.
+    Stale,
+    /// The delivery's key was claimed already (a repeat): nothing was written.
+    Repeated,
+}
+
 /// The chat message that holds a request's card; replies go in its thread.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ThreadRef {
@@ -122,6 +133,17 @@ pub trait Store: Send + Sync {
         request: &Request,
         effects: &[Effect],
     ) -> Result<bool, BackendError>;
+    /// [`Store::update_request`] caused by a delivery that may come again (a
+    /// click Slack retries): `key` is claimed for `ttl` in the same write, so a
+    /// crash cannot keep the claim and lose what it caused, and a repeat
+    /// writes nothing.
+    async fn update_request_once(
+        &self,
+        request: &Request,
+        effects: &[Effect],
+        key: &str,
+        ttl: Duration,
+    ) -> Result<OnceUpdate, BackendError>;
     /// The newest requests made by `identity` (e.g. `slack:U123`).
     async fn requests_by(&self, identity: &str, limit: usize)
         -> Result<Vec<Request>, BackendError>;
@@ -137,8 +159,14 @@ pub trait Store: Send + Sync {
         thread: &ThreadRef,
     ) -> Result<(), BackendError>;
     async fn thread(&self, id: &RequestId) -> Result<Option<ThreadRef>, BackendError>;
-    /// True for the first caller of `key` within `ttl`; false for every repeat.
-    async fn claim_once(&self, key: &str, ttl: Duration) -> Result<bool, BackendError>;
+    /// True for the first caller of `key` within `ttl`, whose `effects` are
+    /// queued in the same write; false, writing nothing, for every repeat.
+    async fn claim_once(
+        &self,
+        key: &str,
+        ttl: Duration,
+        effects: &[Effect],
+    ) -> Result<bool, BackendError>;
     /// Claims the execution of `request_id` for this caller, unless somebody has.
     async fn start_execution(
         &self,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use chrono::Utc;
 use devops_bot::backends::sqlite::Database;
 use devops_bot::backends::store::embedded::SqliteStore;
-use devops_bot::backends::store::{Effect, Execution, QueuedEffect, Store, ThreadRef};
+use devops_bot::backends::store::{Effect, Execution, OnceUpdate, QueuedEffect, Store, ThreadRef};
 use devops_bot::domain::events::Envelope;
 use devops_bot::domain::names::Person;
 use devops_bot::domain::names::{StackName, Stage};
@@ -439,20 +439,20 @@ async fn check(store: &dyn Store) {
 
     // Dedupe keys.
     assert!(store
-        .claim_once("k1", Duration::from_secs(60))
+        .claim_once("k1", Duration::from_secs(60), &[])
         .await
         .unwrap());
     assert!(!store
-        .claim_once("k1", Duration::from_secs(60))
+        .claim_once("k1", Duration::from_secs(60), &[])
         .await
         .unwrap());
     assert!(store
-        .claim_once("k2", Duration::from_millis(1))
+        .claim_once("k2", Duration::from_millis(1), &[])
         .await
         .unwrap());
     tokio::time::sleep(Duration::from_millis(5)).await;
     assert!(store
-        .claim_once("k2", Duration::from_secs(60))
+        .claim_once("k2", Duration::from_secs(60), &[])
         .await
         .unwrap());
 
@@ -505,6 +505,120 @@ async fn check(store: &dyn Store) {
     assert_eq!(
         store.start_execution("r-2", now).await.unwrap(),
         Execution::Started
+    );
+}
+
+#[tokio::test]
+async fn sqlite_store_claims_a_delivery_in_the_write_it_causes() {
+    let (_dir, db) = super::embedded_db();
+    a_delivery_is_claimed_in_the_write_it_causes(&SqliteStore::open(db).unwrap()).await;
+}
+
+#[tokio::test]
+async fn dynamodb_store_claims_a_delivery_in_the_write_it_causes() {
+    let world = on_moto().await;
+    let client = aws_sdk_dynamodb::Client::new(&world.sdk);
+    a_delivery_is_claimed_in_the_write_it_causes(
+        &devops_bot::backends::store::aws::DynamoStore::new(client, crate::aws_world::TABLE),
+    )
+    .await;
+}
+
+/// A click's key and the decision it causes are one write: a repeat writes
+/// nothing, and a decision that lost its race claims nothing, so the click
+/// read again still counts.
+async fn a_delivery_is_claimed_in_the_write_it_causes(store: &dyn Store) {
+    const REMEMBERED: Duration = Duration::from_secs(60);
+    let request = sample_request("UONCE");
+    store.create_request(&request, &[]).await.unwrap();
+    let update_card = Effect::UpdateCard {
+        request_id: request.id.clone(),
+    };
+    let stored = || async { store.request(&request.id).await.unwrap().unwrap() };
+    let decided = |mut request: Request, status: Status| {
+        request.status = status;
+        request
+    };
+
+    let rejected = decided(request.clone(), Status::Rejected);
+    assert!(store.update_request(&rejected, &[]).await.unwrap());
+    let late = decided(request.clone(), Status::Approved);
+    assert_eq!(
+        store
+            .update_request_once(
+                &late,
+                std::slice::from_ref(&update_card),
+                "click-1",
+                REMEMBERED
+            )
+            .await
+            .unwrap(),
+        OnceUpdate::Stale
+    );
+    assert_eq!(store.outbox_depth().await.unwrap(), 0);
+
+    let again = decided(stored().await, Status::Approved);
+    assert_eq!(
+        store
+            .update_request_once(
+                &again,
+                std::slice::from_ref(&update_card),
+                "click-1",
+                REMEMBERED
+            )
+            .await
+            .unwrap(),
+        OnceUpdate::Written
+    );
+    assert_eq!(store.outbox_depth().await.unwrap(), 1);
+    let approved = stored().await;
+    assert_eq!((approved.status, approved.version), (Status::Approved, 2));
+
+    // Its repeat, even made on the version it now reads, changes nothing.
+    let repeat = decided(approved.clone(), Status::Rejected);
+    assert_eq!(
+        store
+            .update_request_once(
+                &repeat,
+                std::slice::from_ref(&update_card),
+                "click-1",
+                REMEMBERED
+            )
+            .await
+            .unwrap(),
+        OnceUpdate::Repeated
+    );
+    assert_eq!(stored().await, approved);
+    let refusal = Effect::Ephemeral {
+        platform: "slack".into(),
+        channel: "C1".into(),
+        user: "UONCE".into(),
+        text: "Your click changed nothing".into(),
+    };
+    assert!(!store
+        .claim_once("click-1", REMEMBERED, std::slice::from_ref(&refusal))
+        .await
+        .unwrap());
+    assert_eq!(store.outbox_depth().await.unwrap(), 1);
+
+    // A claim queues its effects with it; once its time is up, the key counts again.
+    assert!(store
+        .claim_once(
+            "click-2",
+            Duration::from_millis(1),
+            std::slice::from_ref(&refusal)
+        )
+        .await
+        .unwrap());
+    assert_eq!(store.outbox_depth().await.unwrap(), 2);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let reopened = decided(stored().await, Status::Pending);
+    assert_eq!(
+        store
+            .update_request_once(&reopened, &[], "click-2", REMEMBERED)
+            .await
+            .unwrap(),
+        OnceUpdate::Written
     );
 }
 
