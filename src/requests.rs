@@ -11,7 +11,7 @@ use chrono::Utc;
 use serde_json::{json, Value};
 
 use crate::backends::bus::EventHandler;
-use crate::backends::store::{Effect, OnceUpdate, Store};
+use crate::backends::store::{Effect, Store, UpdateOutcome};
 use crate::backends::BackendError;
 use crate::domain::events::{rfc3339, CompletedDetail, CompletionStatus, Envelope, CHATOPS_AGENT};
 use crate::domain::names::{Person, RequestId, Stage};
@@ -25,8 +25,8 @@ use crate::domain::secret::{SealError, Sealer, SecretValue};
 const HOLD_AT_MOST: Duration = Duration::from_secs(25 * 60);
 const FIRST_RETRY: Duration = Duration::from_millis(250);
 const LONGEST_RETRY: Duration = Duration::from_secs(10);
-/// How long a click's delivery is told from its repeats: chat platforms retry
-/// one they did not hear back about for a few minutes at most.
+/// How long a chat delivery (a click, an event) is told from its repeats: chat
+/// platforms retry one they did not hear back about for a few minutes at most.
 pub const DELIVERIES_REMEMBERED: Duration = Duration::from_secs(24 * 3600);
 
 /// Runs `attempt` again while the store cannot be reached (up to
@@ -241,16 +241,20 @@ impl RequestService {
             }
             match self
                 .store
-                .update_request_once(&request, &effects, delivery, DELIVERIES_REMEMBERED)
+                .update_request_claiming(
+                    &request,
+                    &effects,
+                    Some((delivery, DELIVERIES_REMEMBERED)),
+                )
                 .await?
             {
-                OnceUpdate::Written => {
+                UpdateOutcome::Written => {
                     tracing::info!(request_id = %id, by = %who.identity(), status = request.status.as_str(), "request decided");
                     self.outbox_wake.notify_one();
                     return Ok(Some(request));
                 }
-                OnceUpdate::Repeated => return Ok(None),
-                OnceUpdate::Stale => {}
+                UpdateOutcome::Repeated => return Ok(None),
+                UpdateOutcome::Stale => {}
             }
         }
     }

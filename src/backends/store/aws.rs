@@ -27,7 +27,7 @@ use aws_sdk_dynamodb::types::{
 use aws_sdk_dynamodb::Client;
 use chrono::{DateTime, SecondsFormat, Utc};
 
-use super::{Effect, EffectId, Execution, OnceUpdate, QueuedEffect, Store, ThreadRef};
+use super::{Effect, EffectId, Execution, QueuedEffect, Store, ThreadRef, UpdateOutcome};
 use crate::backends::aws::{build_error, classify, error_code};
 use crate::backends::BackendError;
 use crate::domain::events::Envelope;
@@ -213,7 +213,7 @@ impl DynamoStore {
             .collect()
     }
 
-    /// Writes all of `writes` or none; false if the first one's condition failed.
+    /// Writes all of `writes` or none; false, writing none, if a condition failed.
     async fn transact(&self, writes: Vec<TransactWriteItem>) -> Result<bool, BackendError> {
         Ok(self.transact_or_refused(writes).await?.is_none())
     }
@@ -271,37 +271,6 @@ impl DynamoStore {
             Some("attribute_not_exists(PK) OR expires_ms <= :now"),
             Some(HashMap::from([(":now".to_string(), n(now))])),
         )
-    }
-
-    /// Writes `request` as the next version of what is stored, with `effects`,
-    /// claiming `once`'s key (for its time) in the same transaction.
-    async fn update(
-        &self,
-        request: &Request,
-        effects: &[Effect],
-        once: Option<(&str, Duration)>,
-    ) -> Result<OnceUpdate, BackendError> {
-        let mut stored = request.clone();
-        stored.version = request.version + 1;
-        let mut writes = once
-            .map(|(dedupe_key, ttl)| self.claim_put(dedupe_key, ttl))
-            .into_iter()
-            .collect::<Result<Vec<_>, _>>()?;
-        let request_write = writes.len();
-        writes.push(self.put(
-            request_item(&stored)?,
-            Some("version = :seen"),
-            Some(HashMap::from([(
-                ":seen".to_string(),
-                n(request.version as i64),
-            )])),
-        )?);
-        writes.extend(self.effect_puts(effects)?);
-        Ok(match self.transact_or_refused(writes).await? {
-            None => OnceUpdate::Written,
-            Some(refused) if refused == request_write => OnceUpdate::Stale,
-            Some(_) => OnceUpdate::Repeated,
-        })
     }
 
     async fn get(&self, key: Item) -> Result<Option<Item>, BackendError> {
@@ -543,22 +512,33 @@ impl Store for DynamoStore {
             .transpose()
     }
 
-    async fn update_request(
+    async fn update_request_claiming(
         &self,
         request: &Request,
         effects: &[Effect],
-    ) -> Result<bool, BackendError> {
-        Ok(self.update(request, effects, None).await? == OnceUpdate::Written)
-    }
-
-    async fn update_request_once(
-        &self,
-        request: &Request,
-        effects: &[Effect],
-        key: &str,
-        ttl: Duration,
-    ) -> Result<OnceUpdate, BackendError> {
-        self.update(request, effects, Some((key, ttl))).await
+        claim: Option<(&str, Duration)>,
+    ) -> Result<UpdateOutcome, BackendError> {
+        let mut stored = request.clone();
+        stored.version = request.version + 1;
+        let mut writes = claim
+            .map(|(dedupe_key, ttl)| self.claim_put(dedupe_key, ttl))
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()?;
+        let request_write = writes.len();
+        writes.push(self.put(
+            request_item(&stored)?,
+            Some("version = :seen"),
+            Some(HashMap::from([(
+                ":seen".to_string(),
+                n(request.version as i64),
+            )])),
+        )?);
+        writes.extend(self.effect_puts(effects)?);
+        Ok(match self.transact_or_refused(writes).await? {
+            None => UpdateOutcome::Written,
+            Some(refused) if refused == request_write => UpdateOutcome::Stale,
+            Some(_) => UpdateOutcome::Repeated,
+        })
     }
 
     async fn requests_by(

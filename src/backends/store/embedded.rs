@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{Effect, EffectId, Execution, OnceUpdate, QueuedEffect, Store, ThreadRef};
+use super::{Effect, EffectId, Execution, QueuedEffect, Store, ThreadRef, UpdateOutcome};
 use crate::backends::sqlite::{now_millis, Database};
 use crate::backends::BackendError;
 use crate::domain::events::Envelope;
@@ -59,7 +59,12 @@ fn is_claimed(conn: &Connection, key: &str, now: i64) -> Result<bool, BackendErr
 }
 
 /// Claims `key` until `expires_at`; false if it was claimed and its time is not up by `now`.
-fn claim(conn: &Connection, key: &str, now: i64, expires_at: i64) -> Result<bool, BackendError> {
+fn claim_key(
+    conn: &Connection,
+    key: &str,
+    now: i64,
+    expires_at: i64,
+) -> Result<bool, BackendError> {
     conn.prepare_cached("DELETE FROM dedupe WHERE key = ?1 AND expires_at <= ?2")?
         .execute(params![key, now])?;
     let inserted = conn
@@ -85,51 +90,6 @@ fn millis(duration: Duration) -> i64 {
 }
 
 impl SqliteStore {
-    /// Writes `request` as the next version of what is stored, with `effects`,
-    /// claiming `once`'s key (for its time) in the same write.
-    async fn update(
-        &self,
-        request: &Request,
-        effects: &[Effect],
-        once: Option<(&str, Duration)>,
-    ) -> Result<OnceUpdate, BackendError> {
-        let mut stored = request.clone();
-        stored.version = request.version + 1;
-        let (status, version, body, id, seen) = (
-            stored.status.as_str(),
-            stored.version as i64,
-            serde_json::to_string(&stored)?,
-            request.id.to_string(),
-            request.version as i64,
-        );
-        let effects = effects.to_vec();
-        let now = now_millis();
-        let once = once.map(|(key, ttl)| (key.to_string(), now.saturating_add(millis(ttl))));
-        self.db
-            .run(move |conn| {
-                if let Some((key, _)) = &once {
-                    if is_claimed(conn, key, now)? {
-                        return Ok(OnceUpdate::Repeated);
-                    }
-                }
-                let updated = conn
-                    .prepare_cached(
-                        "UPDATE requests SET status = ?1, version = ?2, body = ?3 WHERE id = ?4 AND version = ?5",
-                    )?
-                    .execute(params![status, version, body, id, seen])?;
-                if updated == 0 {
-                    return Ok(OnceUpdate::Stale);
-                }
-                if let Some((key, expires_at)) = &once {
-                    claim(conn, key, now, *expires_at)?;
-                }
-                append_effects(conn, &effects)?;
-                Ok(OnceUpdate::Written)
-            })
-            .await
-    }
-
-    /// The requests whose bodies `sql` selects, in its order.
     async fn requests_found<P>(
         &self,
         sql: &'static str,
@@ -202,24 +162,49 @@ impl Store for SqliteStore {
             .transpose()
     }
 
-    async fn update_request(
+    async fn update_request_claiming(
         &self,
         request: &Request,
         effects: &[Effect],
-    ) -> Result<bool, BackendError> {
-        Ok(self.update(request, effects, None).await? == OnceUpdate::Written)
+        claim: Option<(&str, Duration)>,
+    ) -> Result<UpdateOutcome, BackendError> {
+        let mut stored = request.clone();
+        stored.version = request.version + 1;
+        let (status, version, body, id, seen) = (
+            stored.status.as_str(),
+            stored.version as i64,
+            serde_json::to_string(&stored)?,
+            request.id.to_string(),
+            request.version as i64,
+        );
+        let effects = effects.to_vec();
+        let now = now_millis();
+        let claiming = claim.map(|(key, ttl)| (key.to_string(), now.saturating_add(millis(ttl))));
+        self.db
+            .run(move |conn| {
+                if let Some((key, _)) = &claiming {
+                    if is_claimed(conn, key, now)? {
+                        return Ok(UpdateOutcome::Repeated);
+                    }
+                }
+                let updated = conn
+                    .prepare_cached(
+                        "UPDATE requests SET status = ?1, version = ?2, body = ?3 WHERE id = ?4 AND version = ?5",
+                    )?
+                    .execute(params![status, version, body, id, seen])?;
+                if updated == 0 {
+                    return Ok(UpdateOutcome::Stale);
+                }
+                if let Some((key, expires_at)) = &claiming {
+                    claim_key(conn, key, now, *expires_at)?;
+                }
+                append_effects(conn, &effects)?;
+                Ok(UpdateOutcome::Written)
+            })
+            .await
     }
 
-    async fn update_request_once(
-        &self,
-        request: &Request,
-        effects: &[Effect],
-        key: &str,
-        ttl: Duration,
-    ) -> Result<OnceUpdate, BackendError> {
-        self.update(request, effects, Some((key, ttl))).await
-    }
-
+    /// The requests whose bodies `sql` selects, in its order.
     async fn requests_by(
         &self,
         identity: &str,
@@ -304,7 +289,7 @@ impl Store for SqliteStore {
         let (key, effects) = (key.to_string(), effects.to_vec());
         self.db
             .run(move |conn| {
-                let claimed = claim(conn, &key, now, expires_at)?;
+                let claimed = claim_key(conn, &key, now, expires_at)?;
                 if claimed {
                     append_effects(conn, &effects)?;
                 }

@@ -97,9 +97,9 @@ pub enum Execution {
     Finished(Box<Envelope>),
 }
 
-/// What [`Store::update_request_once`] did.
+/// What [`Store::update_request_claiming`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OnceUpdate {
+pub enum UpdateOutcome {
     /// The request, its effects and the delivery's key were written together.
     Written,
     /// Another writer changed the request first: nothing was written.
@@ -126,24 +126,25 @@ pub trait Store: Send + Sync {
     ) -> Result<(), BackendError>;
     async fn request(&self, id: &RequestId) -> Result<Option<Request>, BackendError>;
     /// Writes `request` only if the stored version is still `request.version`
-    /// (then stored as version + 1), together with `effects`. Returns false,
+    /// (then stored as version + 1), together with `effects` and, if given,
+    /// the `claim` of a delivery's dedupe key for its time (a click Slack may
+    /// retry): a crash cannot keep the claim and lose what it caused. Writes
+    /// nothing if another writer got there first or the key was claimed.
+    async fn update_request_claiming(
+        &self,
+        request: &Request,
+        effects: &[Effect],
+        claim: Option<(&str, Duration)>,
+    ) -> Result<UpdateOutcome, BackendError>;
+    /// [`Store::update_request_claiming`] with no key to claim: false,
     /// writing nothing, if another writer got there first.
     async fn update_request(
         &self,
         request: &Request,
         effects: &[Effect],
-    ) -> Result<bool, BackendError>;
-    /// [`Store::update_request`] caused by a delivery that may come again (a
-    /// click Slack retries): `key` is claimed for `ttl` in the same write, so a
-    /// crash cannot keep the claim and lose what it caused, and a repeat
-    /// writes nothing.
-    async fn update_request_once(
-        &self,
-        request: &Request,
-        effects: &[Effect],
-        key: &str,
-        ttl: Duration,
-    ) -> Result<OnceUpdate, BackendError>;
+    ) -> Result<bool, BackendError> {
+        Ok(self.update_request_claiming(request, effects, None).await? == UpdateOutcome::Written)
+    }
     /// The newest requests made by `identity` (e.g. `slack:U123`).
     async fn requests_by(&self, identity: &str, limit: usize)
         -> Result<Vec<Request>, BackendError>;

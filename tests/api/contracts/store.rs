@@ -6,8 +6,11 @@ use std::time::Duration;
 
 use chrono::Utc;
 use devops_bot::backends::sqlite::Database;
+use devops_bot::backends::store::aws::DynamoStore;
 use devops_bot::backends::store::embedded::SqliteStore;
-use devops_bot::backends::store::{Effect, Execution, OnceUpdate, QueuedEffect, Store, ThreadRef};
+use devops_bot::backends::store::{
+    Effect, Execution, QueuedEffect, Store, ThreadRef, UpdateOutcome,
+};
 use devops_bot::domain::events::Envelope;
 use devops_bot::domain::names::Person;
 use devops_bot::domain::names::{StackName, Stage};
@@ -57,6 +60,14 @@ async fn sqlite_store_with_a_card_queued(path: &Path) -> (SqliteStore, Request, 
         .await
         .unwrap();
     (store, request, card)
+}
+
+/// The store on the table that `world`'s moto holds.
+fn dynamodb_store(world: &crate::aws_world::AwsWorld) -> DynamoStore {
+    DynamoStore::new(
+        aws_sdk_dynamodb::Client::new(&world.sdk),
+        crate::aws_world::TABLE,
+    )
 }
 
 async fn due_now(store: &dyn Store) -> Vec<QueuedEffect> {
@@ -217,12 +228,7 @@ async fn sqlite_store_keeps_the_threads_of_an_earlier_file() {
 #[tokio::test]
 async fn dynamodb_store_honours_the_store_contract() {
     let world = on_moto().await;
-    let client = aws_sdk_dynamodb::Client::new(&world.sdk);
-    check(&devops_bot::backends::store::aws::DynamoStore::new(
-        client,
-        crate::aws_world::TABLE,
-    ))
-    .await;
+    check(&dynamodb_store(&world)).await;
 }
 
 async fn check(store: &dyn Store) {
@@ -517,11 +523,7 @@ async fn sqlite_store_claims_a_delivery_in_the_write_it_causes() {
 #[tokio::test]
 async fn dynamodb_store_claims_a_delivery_in_the_write_it_causes() {
     let world = on_moto().await;
-    let client = aws_sdk_dynamodb::Client::new(&world.sdk);
-    a_delivery_is_claimed_in_the_write_it_causes(
-        &devops_bot::backends::store::aws::DynamoStore::new(client, crate::aws_world::TABLE),
-    )
-    .await;
+    a_delivery_is_claimed_in_the_write_it_causes(&dynamodb_store(&world)).await;
 }
 
 /// A click's key and the decision it causes are one write: a repeat writes
@@ -540,54 +542,32 @@ async fn a_delivery_is_claimed_in_the_write_it_causes(store: &dyn Store) {
         request
     };
 
+    // A decision caused by the click whose key is `click-1`, with a card update.
+    let click_1 = |decision: Request| {
+        let update_card = update_card.clone();
+        async move {
+            store
+                .update_request_claiming(&decision, &[update_card], Some(("click-1", REMEMBERED)))
+                .await
+                .unwrap()
+        }
+    };
+
     let rejected = decided(request.clone(), Status::Rejected);
     assert!(store.update_request(&rejected, &[]).await.unwrap());
     let late = decided(request.clone(), Status::Approved);
-    assert_eq!(
-        store
-            .update_request_once(
-                &late,
-                std::slice::from_ref(&update_card),
-                "click-1",
-                REMEMBERED
-            )
-            .await
-            .unwrap(),
-        OnceUpdate::Stale
-    );
+    assert_eq!(click_1(late).await, UpdateOutcome::Stale);
     assert_eq!(store.outbox_depth().await.unwrap(), 0);
 
     let again = decided(stored().await, Status::Approved);
-    assert_eq!(
-        store
-            .update_request_once(
-                &again,
-                std::slice::from_ref(&update_card),
-                "click-1",
-                REMEMBERED
-            )
-            .await
-            .unwrap(),
-        OnceUpdate::Written
-    );
+    assert_eq!(click_1(again).await, UpdateOutcome::Written);
     assert_eq!(store.outbox_depth().await.unwrap(), 1);
     let approved = stored().await;
     assert_eq!((approved.status, approved.version), (Status::Approved, 2));
 
     // Its repeat, even made on the version it now reads, changes nothing.
     let repeat = decided(approved.clone(), Status::Rejected);
-    assert_eq!(
-        store
-            .update_request_once(
-                &repeat,
-                std::slice::from_ref(&update_card),
-                "click-1",
-                REMEMBERED
-            )
-            .await
-            .unwrap(),
-        OnceUpdate::Repeated
-    );
+    assert_eq!(click_1(repeat).await, UpdateOutcome::Repeated);
     assert_eq!(stored().await, approved);
     let refusal = Effect::Ephemeral {
         platform: "slack".into(),
@@ -615,10 +595,10 @@ async fn a_delivery_is_claimed_in_the_write_it_causes(store: &dyn Store) {
     let reopened = decided(stored().await, Status::Pending);
     assert_eq!(
         store
-            .update_request_once(&reopened, &[], "click-2", REMEMBERED)
+            .update_request_claiming(&reopened, &[], Some(("click-2", REMEMBERED)))
             .await
             .unwrap(),
-        OnceUpdate::Written
+        UpdateOutcome::Written
     );
 }
 
@@ -631,12 +611,7 @@ async fn sqlite_store_does_not_let_a_long_lane_starve_the_others() {
 #[tokio::test]
 async fn dynamodb_store_does_not_let_a_long_lane_starve_the_others() {
     let world = on_moto().await;
-    let client = aws_sdk_dynamodb::Client::new(&world.sdk);
-    a_long_lane_does_not_starve_the_others(&devops_bot::backends::store::aws::DynamoStore::new(
-        client,
-        crate::aws_world::TABLE,
-    ))
-    .await;
+    a_long_lane_does_not_starve_the_others(&dynamodb_store(&world)).await;
 }
 
 /// Lanes whose head is in backoff (a Slack outage), one with hundreds of
