@@ -520,10 +520,10 @@ impl Store for DynamoStore {
     ) -> Result<UpdateOutcome, BackendError> {
         let mut stored = request.clone();
         stored.version = request.version + 1;
-        let mut writes = claim
-            .map(|(dedupe_key, ttl)| self.claim_put(dedupe_key, ttl))
-            .into_iter()
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut writes = Vec::new();
+        if let Some((dedupe_key, ttl)) = claim {
+            writes.push(self.claim_put(dedupe_key, ttl)?);
+        }
         let request_write = writes.len();
         writes.push(self.put(
             request_item(&stored)?,

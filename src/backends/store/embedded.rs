@@ -90,6 +90,7 @@ fn millis(duration: Duration) -> i64 {
 }
 
 impl SqliteStore {
+    /// The requests whose bodies `sql` selects, in its order.
     async fn requests_found<P>(
         &self,
         sql: &'static str,
@@ -204,7 +205,6 @@ impl Store for SqliteStore {
             .await
     }
 
-    /// The requests whose bodies `sql` selects, in its order.
     async fn requests_by(
         &self,
         identity: &str,
